@@ -1,0 +1,58 @@
+"""The errors `rollout` expects, each carrying the exit code the CLI ends with.
+
+Exit codes (DESIGN.md): 0 done; 1 a step failed and the run was rolled back or stopped
+cleanly; 2 bad usage or invalid plan, nothing changed; 3 rollback failed, state needs a
+person; 4 internal error (anything not listed here).
+"""
+
+from __future__ import annotations
+
+
+class RolloutError(Exception):
+    """An expected failure: printed as one line, no traceback."""
+
+    exit_code = 4
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.hint = hint
+
+
+class UsageError(RolloutError):
+    """Bad input (command line or plan): nothing was changed."""
+
+    exit_code = 2
+
+
+class PlanError(UsageError):
+    """An invalid plan file; the message names the file, line and column."""
+
+
+class StepFailed(RolloutError):
+    """A step failed; the run was stopped or rolled back cleanly."""
+
+    exit_code = 1
+
+
+class RollbackFailed(RolloutError):
+    """Undoing failed: the target needs a person."""
+
+    exit_code = 3
+
+
+class LockHeld(RolloutError):
+    """Another run holds the environment's lock."""
+
+    exit_code = 1
+
+
+class StackError(RolloutError):
+    """The local stack could not start, stop or be reached."""
+
+    exit_code = 1
+
+
+class TargetError(RolloutError):
+    """A remote target (database, Management API, webhook) refused or failed."""
+
+    exit_code = 1
