@@ -1,0 +1,62 @@
+/**
+ * reset-broadcast-quotas: `POST /reset-broadcast-quotas`, called nightly (02:00 UTC) by the
+ * schedule with the service-role key. Runs `public.reset_broadcast_quotas()` as
+ * `service_role` and returns its stats. Idempotent: the SQL function decides what to reset.
+ *
+ * Order: CORS preflight → route/method → auth (service role only) → ONE SQL call → JSON.
+ */
+
+import { authenticate, requireServiceRole, type Verifier } from "../_shared/auth.ts";
+import { preflight } from "../_shared/cors.ts";
+import type { Db } from "../_shared/db.ts";
+import { errorResponse } from "../_shared/errors.ts";
+import { json, methodNotAllowed, routeTail } from "../_shared/http.ts";
+
+export const FUNCTION_NAME = "reset-broadcast-quotas";
+
+const RESET = "select public.reset_broadcast_quotas() as result";
+
+export interface Deps {
+  verify: Verifier;
+  db: Db;
+}
+
+export function createHandler({ verify, db }: Deps): (req: Request) => Promise<Response> {
+  async function health(): Promise<Response> {
+    try {
+      await db.ping();
+      return json({ status: "ok", db: "ok" });
+    } catch {
+      return json({ status: "degraded", db: "unreachable" }, 503);
+    }
+  }
+
+  async function reset(req: Request): Promise<Response> {
+    const claims = await authenticate(req, verify);
+    requireServiceRole(claims);
+    // The body (the scheduler may send `{}` or a timestamp) carries nothing we use.
+    await req.body?.cancel().catch(() => {});
+    const stats = await db.call("service_role", claims, RESET, []);
+    return json(stats, 200);
+  }
+
+  return async function handle(req: Request): Promise<Response> {
+    if (req.method === "OPTIONS") return preflight();
+    try {
+      const tail = routeTail(req.url, FUNCTION_NAME);
+      if (tail.length === 0) {
+        if (req.method !== "POST") return methodNotAllowed(["POST", "OPTIONS"]);
+        return await reset(req);
+      }
+      if (tail.length === 1 && tail[0] === "health") {
+        if (req.method !== "GET" && req.method !== "HEAD") {
+          return methodNotAllowed(["GET", "HEAD", "OPTIONS"]);
+        }
+        return await health();
+      }
+      return json({ error: "not found" }, 404);
+    } catch (err) {
+      return errorResponse(FUNCTION_NAME, err);
+    }
+  };
+}
