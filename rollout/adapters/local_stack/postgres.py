@@ -183,7 +183,9 @@ class EmbeddedPostgres:
         raise StackError(f"PostgreSQL on 127.0.0.1:{self.port} is not accepting connections")
 
 
-def process_alive(pid: int) -> bool:
+def process_alive(pid: int | None) -> bool:
+    if not pid or pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

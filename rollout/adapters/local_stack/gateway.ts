@@ -1,0 +1,284 @@
+// The local stack's API gateway: Supabase's URL layout on 127.0.0.1.
+//
+//   /functions/v1/<name>/...  → the function's own Deno worker (pathname `/<name>/...`, as on
+//                               the hosted edge runtime); 404 when the function is not deployed.
+//   /rest/v1/rpc/<fn>         → verifies the bearer JWT (HS256, the local JWT secret), then runs
+//                               `public.<fn>(named args from the JSON body)` in a transaction
+//                               with `set local role <role claim>` and `request.jwt.claims` set,
+//                               as PostgREST does, and answers with PostgREST's body and error
+//                               shapes.
+//   /health                   → the gateway's own health, for `rollout local status`.
+//
+// It also runs the local cron schedule (the hosted platform's pg_cron + pg_net stand-in):
+// jobs from the schedules file, each an HTTP POST to a function with the service-role key.
+//
+// Configuration (env): GATEWAY_ADDRESS host:port, GATEWAY_DB_URL (connects as `authenticator`),
+// GATEWAY_JWT_SECRET, GATEWAY_STATE_DIR (routes.json, schedules.json, cron.log).
+
+import postgres from "npm:postgres@3.4.7";
+import * as jose from "npm:jose@6.1.0";
+import { Cron } from "npm:croner@9.1.0";
+
+function required(name: string): string {
+  const value = Deno.env.get(name);
+  if (!value) throw new Error(`gateway: missing required environment variable ${name}`);
+  return value;
+}
+
+const [host, port] = required("GATEWAY_ADDRESS").split(":");
+const stateDir = required("GATEWAY_STATE_DIR");
+const secret = new TextEncoder().encode(required("GATEWAY_JWT_SECRET"));
+const sql = postgres(required("GATEWAY_DB_URL"), {
+  max: Number(Deno.env.get("GATEWAY_DB_POOL") ?? "20"),
+  idle_timeout: 30,
+  prepare: false,
+  onnotice: () => {},
+});
+
+const API_ROLES = new Set(["anon", "authenticated", "service_role"]);
+const MAX_BODY = 1024 * 1024;
+const counters = { requests: 0, rpc_errors: 0, function_errors: 0, function_requests: 0 };
+
+type Routes = Record<string, { port: number; version: number }>;
+let routesCache: { mtime: number; routes: Routes } = { mtime: -1, routes: {} };
+
+async function routes(): Promise<Routes> {
+  const path = `${stateDir}/routes.json`;
+  try {
+    const info = await Deno.stat(path);
+    const mtime = info.mtime?.getTime() ?? 0;
+    if (mtime !== routesCache.mtime) {
+      routesCache = { mtime, routes: JSON.parse(await Deno.readTextFile(path)) };
+    }
+  } catch {
+    routesCache = { mtime: -1, routes: {} };
+  }
+  return routesCache.routes;
+}
+
+function pgrstError(status: number, code: string, message: string, details: unknown = null, hint: unknown = null) {
+  return Response.json({ code, details, hint, message }, { status });
+}
+
+// PostgREST's mapping of SQLSTATE to HTTP status (docs: "Errors"), including its
+// `PTxyz` convention: a function raising SQLSTATE PT403 answers 403.
+function statusFor(sqlstate: string, role: string): number {
+  if (/^PT\d{3}$/.test(sqlstate)) return Number(sqlstate.slice(2));
+  const table: Record<string, number> = {
+    "23503": 409, "23505": 409, "25006": 405, "42883": 404, "42P01": 404,
+    "42501": role === "anon" ? 401 : 403, "P0001": 400, "57014": 500, "53400": 500,
+  };
+  if (sqlstate in table) return table[sqlstate];
+  if (sqlstate.startsWith("22") || sqlstate.startsWith("23")) return 400;
+  if (sqlstate.startsWith("08") || sqlstate.startsWith("53")) return 503;
+  return 400;
+}
+
+async function claimsFrom(req: Request): Promise<Record<string, unknown> | Response> {
+  const auth = req.headers.get("authorization");
+  const apikey = req.headers.get("apikey");
+  let token = apikey ?? "";
+  if (auth) {
+    const match = /^Bearer\s+(.+)$/i.exec(auth);
+    if (!match) return pgrstError(401, "PGRST301", "Authorization header is not a bearer token");
+    token = match[1];
+  }
+  if (!token) return pgrstError(401, "PGRST302", "No API key found in request");
+  try {
+    const { payload } = await jose.jwtVerify(token, secret, { algorithms: ["HS256"] });
+    const role = String(payload.role ?? "");
+    if (!API_ROLES.has(role)) return pgrstError(401, "PGRST301", `JWT role "${role}" is not allowed`);
+    return payload as Record<string, unknown>;
+  } catch (err) {
+    if (err instanceof jose.errors.JWTExpired) return pgrstError(401, "PGRST303", "JWT expired");
+    return pgrstError(401, "PGRST301", "JWT could not be verified");
+  }
+}
+
+type FnInfo = { args: { name: string; type: string; hasDefault: boolean }[]; setof: boolean; returnsVoid: boolean };
+const fnCache = new Map<string, { at: number; info: FnInfo | null }>();
+
+async function describe(fn: string): Promise<FnInfo | null> {
+  const cached = fnCache.get(fn);
+  if (cached && Date.now() - cached.at < 2000) return cached.info;
+  const rows = await sql`
+    select p.proretset as setof, p.prorettype = 'void'::regtype as returns_void, p.pronargdefaults as ndefaults,
+           coalesce(p.proargnames, '{}') as names,
+           array(select format_type(t, null) from unnest(p.proargtypes) as t) as types
+    from pg_catalog.pg_proc p join pg_catalog.pg_namespace n on n.oid = p.pronamespace
+    where n.nspname = 'public' and p.proname = ${fn}
+    order by p.pronargs desc limit 1`;
+  let info: FnInfo | null = null;
+  if (rows.length) {
+    const r = rows[0];
+    const n = r.types.length;
+    info = {
+      setof: r.setof,
+      returnsVoid: r.returns_void,
+      args: r.types.map((type: string, i: number) => ({
+        name: r.names[i] ?? "", type, hasDefault: i >= n - r.ndefaults,
+      })),
+    };
+  }
+  fnCache.set(fn, { at: Date.now(), info });
+  return info;
+}
+
+const ident = (name: string) => `"${name.replaceAll('"', '""')}"`;
+
+async function rpc(req: Request, fn: string): Promise<Response> {
+  if (req.method !== "POST" && req.method !== "GET") {
+    return pgrstError(405, "PGRST117", `Unsupported HTTP method: ${req.method}`);
+  }
+  const claims = await claimsFrom(req);
+  if (claims instanceof Response) return claims;
+  const role = String(claims.role);
+
+  let body: Record<string, unknown> = {};
+  if (req.method === "POST") {
+    const text = await req.text();
+    if (text.length > MAX_BODY) return pgrstError(413, "PGRST413", "Payload too large");
+    if (text.trim()) {
+      try {
+        body = JSON.parse(text);
+      } catch {
+        return pgrstError(400, "PGRST102", "Empty or invalid json");
+      }
+      if (body === null || typeof body !== "object" || Array.isArray(body)) {
+        return pgrstError(400, "PGRST102", "Body must be a JSON object of named arguments");
+      }
+    }
+  } else {
+    body = Object.fromEntries(new URL(req.url).searchParams);
+  }
+
+  const info = await describe(fn);
+  const keys = Object.keys(body).sort();
+  const known = new Map(info?.args.map((a) => [a.name, a]) ?? []);
+  const missing = info?.args.filter((a) => !a.hasDefault && !(a.name in body)) ?? [];
+  if (!info || keys.some((k) => !known.has(k)) || missing.length) {
+    return pgrstError(404, "PGRST202",
+      `Could not find the function public.${fn}(${keys.join(", ")}) in the schema cache`);
+  }
+  // PostgREST's own technique: the JSON body becomes a record with the argument types, so
+  // JSON arrays become SQL arrays and nothing is interpolated but catalog identifiers.
+  const cols = keys.map((k) => `${ident(k)} ${known.get(k)!.type}`).join(", ");
+  const call = `public.${ident(fn)}(${keys.map((k) => `${ident(k)} := _args.${ident(k)}`).join(", ")})`;
+  const args = keys.length ? `jsonb_to_record($1::text::jsonb) as _args(${cols})` : "";
+  const query = info.setof
+    ? `select coalesce(jsonb_agg(_r), '[]'::jsonb) as body from ${args ? `${args}, lateral ` : ""}${call} _r`
+    : `select to_jsonb(${call}) as body${args ? ` from ${args}` : ""}`;
+
+  try {
+    const result = await sql.begin(async (tx) => {
+      await tx.unsafe(`set local role ${ident(role)}`);
+      await tx`select set_config('request.jwt.claims', ${JSON.stringify(claims)}, true),
+                      set_config('request.method', ${req.method}, true),
+                      set_config('request.path', ${new URL(req.url).pathname}, true)`;
+      const rows = await tx.unsafe(query, keys.length ? [JSON.stringify(body)] : []);
+      return rows[0]?.body ?? null;
+    });
+    if (info.returnsVoid) return new Response(null, { status: 204 });
+    return Response.json(result, { status: 200 });
+  } catch (err) {
+    counters.rpc_errors++;
+    const e = err as { code?: string; message?: string; detail?: string; hint?: string };
+    const code = e.code ?? "XX000";
+    return pgrstError(statusFor(code, role), code, e.message ?? "error", e.detail ?? null, e.hint ?? null);
+  }
+}
+
+async function proxyFunction(req: Request, name: string, rest: string): Promise<Response> {
+  const route = (await routes())[name];
+  if (!route) {
+    return Response.json({ code: "NOT_FOUND", message: "Requested function was not found" }, { status: 404 });
+  }
+  counters.function_requests++;
+  const url = new URL(req.url);
+  const target = `http://127.0.0.1:${route.port}/${name}${rest}${url.search}`;
+  try {
+    const upstream = await fetch(target, {
+      method: req.method,
+      headers: req.headers,
+      body: req.method === "GET" || req.method === "HEAD" ? undefined : await req.arrayBuffer(),
+      redirect: "manual",
+    });
+    if (upstream.status >= 500) counters.function_errors++;
+    return new Response(upstream.body, { status: upstream.status, headers: upstream.headers });
+  } catch {
+    counters.function_errors++;
+    return Response.json({ code: "BOOT_ERROR", message: "Function failed to respond" }, { status: 502 });
+  }
+}
+
+// ---- the local cron: `schedules.json` = [{name, schedule, function, body}] --------------------
+
+type Job = { name: string; schedule: string; function: string; body?: unknown };
+const running = new Map<string, Cron>();
+let schedulesMtime = -1;
+
+async function reloadSchedules() {
+  const path = `${stateDir}/schedules.json`;
+  let jobs: Job[] = [];
+  try {
+    const info = await Deno.stat(path);
+    const mtime = info.mtime?.getTime() ?? 0;
+    if (mtime === schedulesMtime) return;
+    schedulesMtime = mtime;
+    jobs = JSON.parse(await Deno.readTextFile(path));
+  } catch {
+    if (schedulesMtime === -2) return;
+    schedulesMtime = -2;
+  }
+  for (const cron of running.values()) cron.stop();
+  running.clear();
+  for (const job of jobs) {
+    running.set(job.name, new Cron(job.schedule, { timezone: "UTC" }, () => runJob(job)));
+  }
+}
+
+async function runJob(job: Job) {
+  const started = new Date().toISOString();
+  let status = "failed";
+  let detail = "";
+  try {
+    const key = await Deno.readTextFile(`${stateDir}/secrets/service_role_key`);
+    const res = await fetch(`http://${host}:${port}/functions/v1/${job.function}`, {
+      method: "POST",
+      headers: { "content-type": "application/json", authorization: `Bearer ${key.trim()}` },
+      body: JSON.stringify(job.body ?? {}),
+    });
+    detail = `HTTP ${res.status}`;
+    await res.body?.cancel();
+    status = res.ok ? "succeeded" : "failed";
+  } catch (err) {
+    detail = String((err as Error).message ?? err);
+  }
+  const line = JSON.stringify({ job: job.name, started, finished: new Date().toISOString(), status, detail });
+  await Deno.writeTextFile(`${stateDir}/cron.log`, line + "\n", { append: true });
+}
+
+await reloadSchedules();
+setInterval(reloadSchedules, 1000);
+
+// ---- the server ---------------------------------------------------------------------------------
+
+Deno.serve({ hostname: host, port: Number(port), onListen: () => {} }, async (req) => {
+  counters.requests++;
+  const { pathname } = new URL(req.url);
+  const fn = /^\/functions\/v1\/([A-Za-z0-9_-]+)(\/.*)?$/.exec(pathname);
+  if (fn) return proxyFunction(req, fn[1], fn[2] ?? "");
+  const rpcMatch = /^\/rest\/v1\/rpc\/([A-Za-z_][A-Za-z0-9_]*)$/.exec(pathname);
+  if (rpcMatch) return rpc(req, rpcMatch[1]);
+  if (pathname === "/health") {
+    let db = "ok";
+    try {
+      await sql`select 1`;
+    } catch {
+      db = "unreachable";
+    }
+    return Response.json({ status: db === "ok" ? "ok" : "degraded", db, counters, functions: await routes() },
+      { status: db === "ok" ? 200 : 503 });
+  }
+  return Response.json({ code: "PGRST125", message: `Invalid path ${pathname}` }, { status: 404 });
+});

