@@ -34,7 +34,9 @@ export function loadConfig(functionName: string, env: EnvReader = Deno.env): Con
   const jwksUrl = read(env, "SUPABASE_JWKS_URL");
   const missing: string[] = [];
   if (!dbUrl) missing.push("SUPABASE_DB_URL");
-  if (!jwtSecret && !jwksUrl) missing.push("SUPABASE_JWT_SECRET (or JWT_SECRET, or SUPABASE_JWKS_URL)");
+  if (!jwtSecret && !jwksUrl) {
+    missing.push("SUPABASE_JWT_SECRET (or JWT_SECRET, or SUPABASE_JWKS_URL)");
+  }
   if (missing.length > 0) {
     throw new ConfigError(
       `${functionName}: missing required secret ${missing.join(" and ")}; ` +

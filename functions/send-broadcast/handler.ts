@@ -86,7 +86,9 @@ export function createHandler({ verify, db }: Deps): (req: Request) => Promise<R
       }
       return json({ error: "not found" }, 404);
     } catch (err) {
-      if (err instanceof ValidationError) return json({ error: err.message, field: err.field }, 400);
+      if (err instanceof ValidationError) {
+        return json({ error: err.message, field: err.field }, 400);
+      }
       if (err instanceof SenderMismatch) return json({ error: err.message }, 403);
       return errorResponse(FUNCTION_NAME, err);
     }
