@@ -156,9 +156,7 @@ def validate_secret_names(names: Iterable[str]) -> None:
                 hint="Supabase sets SUPABASE_* secrets itself; choose another name",
             )
         if len(name) > MAX_SECRET_NAME:
-            raise UsageError(
-                f"secret name {name[:40]!r}… is longer than {MAX_SECRET_NAME}"
-            )
+            raise UsageError(f"secret name {name[:40]!r}… is longer than {MAX_SECRET_NAME}")
 
 
 class _BearerAuth(httpx.Auth):
@@ -167,9 +165,7 @@ class _BearerAuth(httpx.Auth):
     def __init__(self, token: str) -> None:
         self._token = token
 
-    def auth_flow(
-        self, request: httpx.Request
-    ) -> Generator[httpx.Request, httpx.Response, None]:
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         request.headers["Authorization"] = f"Bearer {self._token}"
         yield request
 
@@ -254,13 +250,9 @@ class ManagementAPI:
                 hint="a project ref is the 20 lowercase letters in the project URL",
             )
         if not token:
-            raise UsageError(
-                f"{TOKEN_ENV} is not set", hint="create a token in the dashboard"
-            )
+            raise UsageError(f"{TOKEN_ENV} is not set", hint="create a token in the dashboard")
         self.project_ref = project_ref
-        self.base_url = (
-            base_url or os.environ.get(API_URL_ENV) or DEFAULT_API_URL
-        ).rstrip("/")
+        self.base_url = (base_url or os.environ.get(API_URL_ENV) or DEFAULT_API_URL).rstrip("/")
         self._token = token
         self._auth = _BearerAuth(token)
         self._owns_client = client is None
@@ -307,12 +299,10 @@ class ManagementAPI:
     def list_functions(self) -> list[EdgeFunction]:
         """`GET /v1/projects/{ref}/functions` → `FunctionResponse[]`."""
         response = self._request("GET", self._path("functions"), what="list functions")
-        return self._parse_functions(
-            response.json(), what="list functions", response=response
-        )
+        return self._parse_functions(response.json(), what="list functions", response=response)
 
     def get_function(self, slug: str) -> EdgeFunction | None:
-        """`GET /v1/projects/{ref}/functions/{function_slug}` → `FunctionSlugResponse`; 404 → None."""
+        """`GET /v1/projects/{ref}/functions/{function_slug}` (`FunctionSlugResponse`), or None."""
         _check_slug(slug)
         response = self._request(
             "GET",
@@ -322,9 +312,7 @@ class ManagementAPI:
         )
         if response.status_code == 404:
             return None
-        return self._parse_function(
-            response.json(), what=f"get function {slug}", response=response
-        )
+        return self._parse_function(response.json(), what=f"get function {slug}", response=response)
 
     def download_function(self, slug: str) -> FunctionSource | None:
         """The live source of a function, or None when it does not exist.
@@ -368,7 +356,8 @@ class ManagementAPI:
         (`entrypoint_path`, `import_map_path`, `name`, `static_patterns`, `verify_jwt`), then one
         `file` part per source file whose filename is its relative path. With `bundle_only` the
         platform bundles the function and returns its metadata without switching it live;
-        `activate_functions` then switches a batch live together. Answers 201 `DeployFunctionResponse`.
+        `activate_functions` then switches a batch live together.
+        Answers 201 `DeployFunctionResponse`.
         """
         _check_slug(slug)
         _check_deploy_paths(slug, files, entrypoint_path, import_map_path)
@@ -385,8 +374,7 @@ class ManagementAPI:
         if bundle_only:
             params["bundleOnly"] = "true"
         multipart = [
-            ("file", (path, files[path], "application/octet-stream"))
-            for path in sorted(files)
+            ("file", (path, files[path], "application/octet-stream")) for path in sorted(files)
         ]
         response = self._request(
             "POST",
@@ -400,9 +388,7 @@ class ManagementAPI:
             response.json(), what=f"deploy function {slug}", response=response
         )
 
-    def activate_functions(
-        self, functions: Sequence[EdgeFunction]
-    ) -> list[EdgeFunction]:
+    def activate_functions(self, functions: Sequence[EdgeFunction]) -> list[EdgeFunction]:
         """`PUT /v1/projects/{ref}/functions` (bulk update) → `{"functions": FunctionResponse[]}`.
 
         The body is the array of `BulkUpdateFunctionBody` items built, as the CLI does
@@ -421,9 +407,7 @@ class ManagementAPI:
         )
         payload = response.json()
         items = payload.get("functions", []) if isinstance(payload, dict) else payload
-        return self._parse_functions(
-            items, what="activate functions", response=response
-        )
+        return self._parse_functions(items, what="activate functions", response=response)
 
     def delete_function(self, slug: str) -> bool:
         """`DELETE /v1/projects/{ref}/functions/{function_slug}`; False when it was already gone."""
@@ -462,9 +446,7 @@ class ManagementAPI:
         validate_secret_names(secrets)
         for name, value in secrets.items():
             if len(value) > MAX_SECRET_VALUE:
-                raise UsageError(
-                    f"secret {name!r} is longer than {MAX_SECRET_VALUE} characters"
-                )
+                raise UsageError(f"secret {name!r} is longer than {MAX_SECRET_VALUE} characters")
         body = [{"name": name, "value": secrets[name]} for name in sorted(secrets)]
         self._request(
             "POST",
@@ -505,18 +487,12 @@ class ManagementAPI:
         if until <= since:
             raise UsageError("function stats window is empty (until <= since)")
         if until - since > MAX_LOG_WINDOW:
-            raise UsageError(
-                "function stats window is longer than 24 hours (logs.all limit)"
-            )
+            raise UsageError("function stats window is longer than 24 hours (logs.all limit)")
         function = self.get_function(slug)
         if function is None:
-            raise TargetError(
-                f"function {slug} does not exist in project {self.project_ref}"
-            )
+            raise TargetError(f"function {slug} does not exist in project {self.project_ref}")
         if not _FUNCTION_ID_RE.match(function.id):
-            raise TargetError(
-                f"unexpected function id for {slug}; refusing to build a log query"
-            )
+            raise TargetError(f"unexpected function id for {slug}; refusing to build a log query")
         params = {
             "sql": function_stats_sql(function.id),
             "iso_timestamp_start": _iso(since),
@@ -549,16 +525,12 @@ class ManagementAPI:
         allow_404: bool = False,
         redact: Iterable[str] = (),
     ) -> httpx.Response:
-        """Send with retries; return a 2xx (or 404 when allowed) response, else raise TargetError."""
+        """Send with retries; return a 2xx (or an allowed 404) response, else raise TargetError."""
         hidden = [self._token, *(v for v in redact if v)]
         retrying = tenacity.Retrying(
             stop=tenacity.stop_after_attempt(self._max_attempts),
-            wait=_WaitRetryAfter(
-                tenacity.wait_exponential_jitter(initial=0.5, max=8.0)
-            ),
-            retry=tenacity.retry_if_exception_type(
-                (_RetryableResponse, httpx.TransportError)
-            ),
+            wait=_WaitRetryAfter(tenacity.wait_exponential_jitter(initial=0.5, max=8.0)),
+            retry=tenacity.retry_if_exception_type((_RetryableResponse, httpx.TransportError)),
             sleep=self._sleep,
             reraise=True,
         )
@@ -625,9 +597,7 @@ class ManagementAPI:
             f"(request id {request_id(response)})"
         )
 
-    def _parse_function(
-        self, payload: Any, *, what: str, response: httpx.Response
-    ) -> EdgeFunction:
+    def _parse_function(self, payload: Any, *, what: str, response: httpx.Response) -> EdgeFunction:
         try:
             return EdgeFunction.model_validate(payload)
         except ValidationError:
@@ -638,9 +608,7 @@ class ManagementAPI:
     ) -> list[EdgeFunction]:
         if not isinstance(payload, list):
             raise self._shape_error(what, response)
-        return [
-            self._parse_function(item, what=what, response=response) for item in payload
-        ]
+        return [self._parse_function(item, what=what, response=response) for item in payload]
 
 
 # -- helpers (module level: pure, small, testable) ----------------------------------------
@@ -677,17 +645,11 @@ def _check_deploy_paths(
         raise UsageError(f"function {slug} has no files to deploy")
     for path in files:
         if path.startswith("/") or ".." in path.split("/") or "\\" in path:
-            raise UsageError(
-                f"function {slug}: file path {path!r} must be relative (POSIX)"
-            )
+            raise UsageError(f"function {slug}: file path {path!r} must be relative (POSIX)")
     if entrypoint_path not in files:
-        raise UsageError(
-            f"function {slug}: entrypoint {entrypoint_path} is not among its files"
-        )
+        raise UsageError(f"function {slug}: entrypoint {entrypoint_path} is not among its files")
     if import_map_path and import_map_path not in files:
-        raise UsageError(
-            f"function {slug}: import map {import_map_path} is not among its files"
-        )
+        raise UsageError(f"function {slug}: import map {import_map_path} is not among its files")
 
 
 def _bulk_update_item(function: EdgeFunction) -> dict[str, Any]:
@@ -744,10 +706,7 @@ def _parse_multipart_files(response: httpx.Response, slug: str) -> dict[str, byt
             f"Supabase answered the source of function {slug} as {content_type or 'unknown'}, "
             f"not multipart; cannot keep it for rollback (request id {request_id(response)})"
         )
-    raw = (
-        f"Content-Type: {content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode()
-        + response.content
-    )
+    raw = f"Content-Type: {content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode() + response.content
     message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(raw)
     files: dict[str, bytes] = {}
     for part in message.iter_parts():
@@ -786,9 +745,7 @@ def _match_file(url_or_path: str, files: Mapping[str, bytes]) -> str | None:
     wanted = _normalise_path(url_or_path)
     if wanted in files:
         return wanted
-    candidates = [
-        k for k in files if wanted.endswith("/" + k) or k.endswith("/" + wanted)
-    ]
+    candidates = [k for k in files if wanted.endswith("/" + k) or k.endswith("/" + wanted)]
     return max(candidates, key=len) if candidates else None
 
 
@@ -801,9 +758,7 @@ def _function_source(
             f"the downloaded source of function {slug} has no entrypoint "
             f"{meta.entrypoint_path} (request id {request_id(response)})"
         )
-    import_map = (
-        _match_file(meta.import_map_path, files) if meta.import_map_path else None
-    )
+    import_map = _match_file(meta.import_map_path, files) if meta.import_map_path else None
     return FunctionSource(
         slug=slug,
         entrypoint_path=entry,
