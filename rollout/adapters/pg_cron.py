@@ -405,7 +405,10 @@ def schedule_function(
 
     Creates the job, or updates its schedule/command (and re-activates it) when they differ,
     or leaves it alone when they match. Runs in one transaction and checks that exactly one
-    job carries the name before committing, so a re-run never duplicates.
+    job carries the name before committing, so a re-run never duplicates. (On an autocommit
+    connection that transaction commits on return; otherwise it is a savepoint inside the
+    caller's transaction, which the caller commits.) The prerequisites are checked first, so a
+    missing extension or Vault secret fails with nothing scheduled.
     """
     _check_job_name(job_name)
     command = edge_function_command(
