@@ -123,7 +123,8 @@ def _import_map_aliases(root: Path, import_map_path: str | None) -> dict[str, st
     aliases: dict[str, str] = {}
     for key, target in imports.items():
         if isinstance(target, str) and target.startswith(("./", "../")):
-            aliases[key] = posixpath.normpath(posixpath.join(base, target))
+            resolved = posixpath.normpath(posixpath.join(base, target))
+            aliases[key] = resolved + "/" if target.endswith("/") else resolved
     return aliases
 
 

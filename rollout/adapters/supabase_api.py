@@ -271,7 +271,7 @@ class ManagementAPI:
         return cls(
             project_ref,
             env.get(TOKEN_ENV, ""),
-            base_url=env.get(API_URL_ENV) or None,
+            base_url=env.get(API_URL_ENV) or DEFAULT_API_URL,
             **kwargs,
         )
 
@@ -529,7 +529,7 @@ class ManagementAPI:
         hidden = [self._token, *(v for v in redact if v)]
         retrying = tenacity.Retrying(
             stop=tenacity.stop_after_attempt(self._max_attempts),
-            wait=_WaitRetryAfter(tenacity.wait_exponential_jitter(initial=0.5, max=8.0)),
+            wait=_WaitRetryAfter(tenacity.wait_exponential_jitter(multiplier=0.5, max=8.0)),
             retry=tenacity.retry_if_exception_type((_RetryableResponse, httpx.TransportError)),
             sleep=self._sleep,
             reraise=True,

@@ -156,7 +156,7 @@ def rollback(api: ManagementAPI, record: DeployRecord) -> RollbackReport:
         current = live.get(prev.slug)
         if not prev.existed:
             (to_delete if current else unchanged).append(prev.slug)
-        elif current is not None and current.version == prev.version:
+        elif current is not None and _already_back(api, prev, current):
             unchanged.append(prev.slug)
         else:
             try:
@@ -269,6 +269,19 @@ def _verify_rolled_back(
     problems = [f"{s} is not ACTIVE after restore" for s in restored if not _active(listed, s)]
     problems += [f"{s} still exists after delete" for s in deleted if s in listed]
     return problems
+
+
+def _already_back(api: ManagementAPI, prev: PreviousFunction, current: EdgeFunction) -> bool:
+    """Whether the live function is the kept one: same version, or same files and settings."""
+    if current.version == prev.version:
+        return True
+    live = api.download_function(prev.slug)
+    return (
+        live is not None
+        and live.sha256 == prev.sha256
+        and live.entrypoint_path == prev.entrypoint_path
+        and live.verify_jwt == prev.verify_jwt
+    )
 
 
 def _active(listed: Mapping[str, EdgeFunction], slug: str) -> bool:
