@@ -1,0 +1,1103 @@
+-- Messaging v2: role-based DMs, broadcasts with quotas, moderation, exact unread counts,
+-- feature flags. Applied after legacy_baseline.sql by the owner (`postgres`), in one
+-- transaction, while the app is live. Undone losslessly by rollback_production_messaging.sql;
+-- a re-apply after a rollback restores what the rollback archived.
+--
+-- Live-safety: only nullable columns or columns with constant defaults are added to legacy
+-- tables (catalog-only, no rewrite); indexes are created on new tables only; the foreign key
+-- added to conversations is NOT VALID (no scan). The whole file is one short transaction and
+-- every lock waits at most lock_timeout, so a busy `messages` makes it fail fast, not queue
+-- the app behind it.
+--
+-- Enforcement lives in the database (policies, column privileges, triggers) so that today's
+-- app builds, which write the tables directly, obey the same rules as the functions.
+-- Identity is always auth.uid(). Refusals raise PostgREST-style SQLSTATEs: PT400 invalid
+-- input, PT403 not allowed, PT404 not found, PT429 quota exhausted (see docs/sql-api.md).
+
+-- squawk: every integer column here holds a percentage (0..100) or a per-day quota count
+-- (0..2): 32-bit is right, so prefer-bigint-over-int is waived for this file.
+-- squawk-ignore-file prefer-bigint-over-int
+
+begin;
+
+set local lock_timeout = '5s';
+set local statement_timeout = '60s';
+
+-- Archive schema used by the rollback (never exposed to the API roles).
+create schema if not exists messaging_v2_archive;
+comment on schema messaging_v2_archive is
+  'Messaging v2 data kept by rollback_production_messaging.sql; restored by a re-apply.';
+revoke all on schema messaging_v2_archive from public;
+
+-- A previous rollback moved the v2 tables here: bring them back, rows and all.
+do $$
+declare
+  t text;
+begin
+  foreach t in array array['feature_flags', 'feature_flag_audit', 'broadcast_quotas',
+                           'reported_messages', 'moderated_message_texts'] loop
+    if to_regclass('messaging_v2_archive.' || t) is not null
+       and to_regclass('public.' || t) is null then
+      execute format('alter table messaging_v2_archive.%I set schema public', t);
+    end if;
+  end loop;
+end
+$$;
+
+-- Functions of the first (defective) implementation that trusted an identity argument must
+-- not survive next to the new API (defects 2 and 3): drop any overload taking one.
+do $$
+declare
+  f regprocedure;
+begin
+  for f in
+    select p.oid::regprocedure
+      from pg_catalog.pg_proc p
+     where p.pronamespace = 'public'::regnamespace
+       and p.proname in ('send_broadcast', 'moderate_delete_message', 'send_message',
+                         'send_direct_message', 'report_message', 'mark_conversation_read')
+       and p.proargnames && array['p_sender_id', 'p_moderator_id', 'p_user_id', 'p_reporter_id']
+  loop
+    execute format('drop function %s', f);
+  end loop;
+end
+$$;
+
+-- ---------------------------------------------------------------------------------------
+-- Legacy tables: new columns (catalog-only changes).
+-- ---------------------------------------------------------------------------------------
+alter table public.conversations add column if not exists show_id uuid;
+alter table public.conversations add column if not exists created_by uuid;
+-- NOT VALID: every existing row has show_id null, and new rows are checked; no table scan.
+-- The constraint dropped first is this file's own (re-run after a half-applied deploy).
+alter table public.conversations
+  -- squawk-ignore ban-drop-constraint
+  drop constraint if exists conversations_show_id_fkey,
+  add constraint conversations_show_id_fkey foreign key (show_id)
+    references public.shows (id) on delete set null not valid;
+
+alter table public.conversation_participants
+  add column if not exists can_reply boolean not null default true;
+
+alter table public.messages add column if not exists is_deleted boolean not null default false;
+alter table public.messages add column if not exists is_broadcast boolean not null default false;
+alter table public.messages add column if not exists deleted_at timestamptz;
+alter table public.messages add column if not exists deleted_by uuid;
+
+-- Restore v2 column values a rollback archived (only the rows that differed from defaults).
+do $$
+begin
+  if to_regclass('messaging_v2_archive.messages_v2_columns') is not null then
+    update public.messages m
+       set is_deleted = a.is_deleted, is_broadcast = a.is_broadcast,
+           deleted_at = a.deleted_at, deleted_by = a.deleted_by
+      from messaging_v2_archive.messages_v2_columns a
+     where a.id = m.id;
+    drop table messaging_v2_archive.messages_v2_columns;
+  end if;
+  if to_regclass('messaging_v2_archive.conversations_v2_columns') is not null then
+    update public.conversations c
+       set show_id = a.show_id, created_by = a.created_by
+      from messaging_v2_archive.conversations_v2_columns a
+     where a.id = c.id;
+    drop table messaging_v2_archive.conversations_v2_columns;
+  end if;
+  if to_regclass('messaging_v2_archive.conversation_participants_v2_columns') is not null then
+    update public.conversation_participants cp
+       set can_reply = a.can_reply
+      from messaging_v2_archive.conversation_participants_v2_columns a
+     where a.conversation_id = cp.conversation_id and a.user_id = cp.user_id;
+    drop table messaging_v2_archive.conversation_participants_v2_columns;
+  end if;
+end
+$$;
+
+-- ---------------------------------------------------------------------------------------
+-- New tables (RLS enabled here, where they are created).
+-- ---------------------------------------------------------------------------------------
+create table if not exists public.feature_flags (
+  name text primary key check (name ~ '^[a-z][a-z0-9_]{0,62}$'),
+  rollout_percentage integer not null default 0 check (rollout_percentage between 0 and 100),
+  salt text not null,
+  description text,
+  updated_at timestamptz not null default now(),
+  updated_by text
+);
+comment on table public.feature_flags is
+  'Feature flags with a sticky percentage rollout: user in iff feature_bucket(salt, uid) < pct.';
+alter table public.feature_flags enable row level security;
+
+create table if not exists public.feature_flag_audit (
+  id bigint generated always as identity primary key,
+  flag_name text not null,
+  changed_at timestamptz not null default now(),
+  changed_by text not null,
+  from_percentage integer,
+  to_percentage integer,
+  reason text
+);
+comment on table public.feature_flag_audit is
+  'Every insert/update of feature_flags: who (rollout.actor), when, from/to, why (rollout.reason).';
+alter table public.feature_flag_audit enable row level security;
+create index if not exists feature_flag_audit_flag_name_changed_at_idx
+  on public.feature_flag_audit (flag_name, changed_at);
+
+create table if not exists public.broadcast_quotas (
+  organizer_id uuid not null references public.profiles (id) on delete cascade,
+  show_id uuid not null references public.shows (id) on delete cascade,
+  quota_date date not null,
+  pre_show_used integer not null default 0,
+  post_show_used integer not null default 0,
+  pre_show_limit integer not null default 2,
+  post_show_limit integer not null default 1,
+  created_at timestamptz not null default now(),
+  updated_at timestamptz not null default now(),
+  primary key (organizer_id, show_id, quota_date),
+  check (pre_show_used between 0 and pre_show_limit),
+  check (post_show_used between 0 and post_show_limit)
+);
+comment on table public.broadcast_quotas is
+  'Organizer broadcast quota per show and UTC day; a new day is a new row. Functions only.';
+alter table public.broadcast_quotas enable row level security;
+create index if not exists broadcast_quotas_show_id_idx on public.broadcast_quotas (show_id);
+create index if not exists broadcast_quotas_quota_date_idx on public.broadcast_quotas (quota_date);
+
+create table if not exists public.reported_messages (
+  id uuid primary key default gen_random_uuid(),
+  message_id uuid not null references public.messages (id) on delete cascade,
+  reported_by uuid not null references public.profiles (id) on delete cascade,
+  reason text not null check (char_length(reason) between 1 and 500),
+  report_status text not null default 'pending'
+    check (report_status in ('pending', 'reviewed', 'actioned', 'dismissed')),
+  created_at timestamptz not null default now(),
+  reviewed_by uuid,
+  reviewed_at timestamptz
+);
+comment on table public.reported_messages is
+  'Message reports by participants; one pending report per reporter and message.';
+alter table public.reported_messages enable row level security;
+create index if not exists reported_messages_message_id_idx
+  on public.reported_messages (message_id);
+create index if not exists reported_messages_reported_by_idx
+  on public.reported_messages (reported_by);
+create index if not exists reported_messages_report_status_idx
+  on public.reported_messages (report_status);
+create unique index if not exists reported_messages_one_pending_idx
+  on public.reported_messages (message_id, reported_by) where report_status = 'pending';
+
+create table if not exists public.moderated_message_texts (
+  message_id uuid primary key references public.messages (id) on delete cascade,
+  message_text text not null,
+  reason text,
+  deleted_by uuid,
+  deleted_at timestamptz not null default now()
+);
+comment on table public.moderated_message_texts is
+  'Original text of soft-deleted messages (messages.message_text holds a placeholder). Admins only.';
+alter table public.moderated_message_texts enable row level security;
+
+-- ---------------------------------------------------------------------------------------
+-- Helpers.
+-- ---------------------------------------------------------------------------------------
+create or replace function public.feature_bucket(p_salt text, p_user_id uuid)
+returns integer
+language sql
+immutable
+strict
+parallel safe
+set search_path = ''
+as $$
+  select (('x' || substr(md5(p_salt || ':' || p_user_id::text), 1, 8))::bit(32)::bigint % 100)::int
+$$;
+comment on function public.feature_bucket(text, uuid) is
+  'Sticky bucket 0..99 of a user for a flag salt; Python: int(md5(f"{salt}:{uid}")[:8], 16) % 100.';
+
+create or replace function public.is_feature_enabled(p_flag text)
+returns boolean
+language sql
+stable
+set search_path = ''
+as $$
+  select coalesce((
+    select public.feature_bucket(f.salt, (select auth.uid())) < f.rollout_percentage
+      from public.feature_flags f
+     where f.name = p_flag
+  ), false)
+$$;
+comment on function public.is_feature_enabled(text) is
+  'True when the caller (auth.uid()) falls inside the flag''s rollout percentage.';
+
+create or replace function public.current_profile_role()
+returns text
+language sql
+stable
+security definer
+set search_path = ''
+as $$
+  select p.role from public.profiles p where p.id = (select auth.uid())
+$$;
+comment on function public.current_profile_role() is
+  'Role of the caller, null without a profile. Definer: used inside policies, must not depend '
+  'on the profiles policies.';
+
+create or replace function public.is_admin()
+returns boolean
+language sql
+stable
+security definer
+set search_path = ''
+as $$
+  select coalesce(public.current_profile_role() = 'admin', false)
+$$;
+comment on function public.is_admin() is
+  'Is the caller an admin. Definer: used inside policies (see current_profile_role).';
+
+create or replace function public.is_conversation_participant(p_conversation_id uuid)
+returns boolean
+language sql
+stable
+security definer
+set search_path = ''
+as $$
+  select exists (
+    select 1
+      from public.conversation_participants cp
+      join public.profiles p on p.id = cp.user_id
+     where cp.conversation_id = p_conversation_id
+       and cp.user_id = (select auth.uid())
+  )
+$$;
+comment on function public.is_conversation_participant(uuid) is
+  'Is the caller a participant of the conversation. Definer: policies on '
+  'conversation_participants call it, and a policy querying its own table recurses.';
+
+create or replace function public.normalize_message_text(p_text text)
+returns text
+language plpgsql
+immutable
+set search_path = ''
+as $$
+declare
+  v_text text := btrim(p_text);
+begin
+  if v_text is null or char_length(v_text) = 0 or char_length(v_text) > 1000 then
+    raise exception using errcode = 'PT400',
+      message = 'message text must be 1 to 1000 characters after trimming';
+  end if;
+  return v_text;
+end;
+$$;
+comment on function public.normalize_message_text(text) is
+  'Trimmed message text, or PT400 unless it is 1..1000 characters.';
+
+create or replace function public.can_user_send_dm(
+  p_sender_id uuid, p_recipient_id uuid, p_show_id uuid default null
+)
+returns boolean
+language sql
+stable
+security definer
+set search_path = ''
+as $$
+  -- The DM matrix. p_show_id is accepted for the app's UI and currently does not change it.
+  select coalesce((
+    select case s.role
+             when 'attendee' then r.role = 'mvp_dealer'
+             when 'mvp_dealer' then r.role in ('attendee', 'dealer', 'show_organizer')
+             when 'show_organizer' then true
+             else false
+           end
+      from public.profiles s, public.profiles r
+     where s.id = p_sender_id and r.id = p_recipient_id and s.id <> r.id
+  ), false)
+$$;
+comment on function public.can_user_send_dm(uuid, uuid, uuid) is
+  'May sender start a DM with recipient (role matrix only). Definer: reads both profiles '
+  'regardless of the profiles policies; it grants nothing by itself.';
+
+create or replace function public.can_user_reply(p_user_id uuid, p_conversation_id uuid)
+returns boolean
+language sql
+stable
+security definer
+set search_path = ''
+as $$
+  select coalesce((
+    select p.role <> 'dealer'
+           and cp.can_reply
+           and (c.type <> 'broadcast' or c.created_by = p_user_id)
+      from public.conversation_participants cp
+      join public.profiles p on p.id = cp.user_id
+      join public.conversations c on c.id = cp.conversation_id
+     where cp.conversation_id = p_conversation_id
+       and cp.user_id = p_user_id
+  ), false)
+  -- An API caller only learns this about itself or about conversations it is in.
+  and ((select auth.uid()) is null
+       or p_user_id = (select auth.uid())
+       or public.is_conversation_participant(p_conversation_id))
+$$;
+comment on function public.can_user_reply(uuid, uuid) is
+  'Reply rule: participant, not a dealer, not a broadcast recipient. Definer: the messages '
+  'insert policy calls it and it reads conversation_participants.';
+
+-- ---------------------------------------------------------------------------------------
+-- Triggers: the same bookkeeping and guards whichever path a row takes.
+-- ---------------------------------------------------------------------------------------
+create or replace function public.messages_before_insert_v2()
+returns trigger
+language plpgsql
+set search_path = ''
+as $$
+begin
+  new.message_text := public.normalize_message_text(new.message_text);
+  -- Direct table writes by an API client (functions run as the owner): the client does not
+  -- choose the time, the read state or the v2 flags.
+  if current_user in ('authenticated', 'anon') then
+    new.created_at := now();
+    new.read_by_user_ids := array[new.sender_id];
+    new.is_deleted := false;
+    new.is_broadcast := false;
+    new.deleted_at := null;
+    new.deleted_by := null;
+  end if;
+  return new;
+end;
+$$;
+comment on function public.messages_before_insert_v2() is
+  'Validates message text; normalises direct inserts by API clients.';
+
+create or replace function public.messages_after_insert_v2()
+returns trigger
+language plpgsql
+security definer
+set search_path = ''
+as $$
+begin
+  -- Conversation row first, then participant rows: one lock order for every sender.
+  update public.conversations
+     set last_message_text = new.message_text,
+         last_message_timestamp = new.created_at,
+         updated_at = now()
+   where id = new.conversation_id
+     and (last_message_timestamp is null or last_message_timestamp <= new.created_at);
+  -- Exactly one unread per message per other participant who has not read it.
+  update public.conversation_participants
+     set unread_count = unread_count + 1
+   where conversation_id = new.conversation_id
+     and user_id is distinct from new.sender_id
+     and not (user_id = any (new.read_by_user_ids));
+  return new;
+end;
+$$;
+comment on function public.messages_after_insert_v2() is
+  'Last message and unread counts after any insert. Definer: updates other users'' rows.';
+
+create or replace function public.messages_before_update_v2()
+returns trigger
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_uid uuid := auth.uid();
+begin
+  -- Column privileges limit API clients to read_by_user_ids; here: only add yourself.
+  if current_user in ('authenticated', 'anon')
+     and new.read_by_user_ids is distinct from old.read_by_user_ids then
+    if v_uid is null
+       or new.read_by_user_ids is null
+       or not (new.read_by_user_ids @> old.read_by_user_ids
+               and (old.read_by_user_ids || v_uid) @> new.read_by_user_ids) then
+      raise exception using errcode = 'PT403',
+        message = 'you may only mark messages read for yourself';
+    end if;
+    new.read_by_user_ids := case when v_uid = any (old.read_by_user_ids)
+                                 then old.read_by_user_ids
+                                 else old.read_by_user_ids || v_uid end;
+  end if;
+  return new;
+end;
+$$;
+comment on function public.messages_before_update_v2() is
+  'API clients may only add themselves to read_by_user_ids.';
+
+create or replace function public.conversation_participants_before_update_v2()
+returns trigger
+language plpgsql
+set search_path = ''
+as $$
+begin
+  if current_user in ('authenticated', 'anon')
+     and new.unread_count is distinct from old.unread_count
+     and new.unread_count is distinct from 0 then
+    raise exception using errcode = 'PT403', message = 'unread_count can only be reset to 0';
+  end if;
+  return new;
+end;
+$$;
+comment on function public.conversation_participants_before_update_v2() is
+  'API clients may only reset their unread_count to 0.';
+
+create or replace function public.conversation_participants_after_update_v2()
+returns trigger
+language plpgsql
+security definer
+set search_path = ''
+as $$
+begin
+  -- Reset to 0 = the member has read the conversation: keep read_by_user_ids in step, so
+  -- the function path and the old app's direct update end in the same state.
+  update public.messages
+     set read_by_user_ids = read_by_user_ids || new.user_id
+   where conversation_id = new.conversation_id
+     and not (new.user_id = any (read_by_user_ids));
+  return new;
+end;
+$$;
+comment on function public.conversation_participants_after_update_v2() is
+  'Marks the conversation''s messages read when unread_count is reset. Definer: updates '
+  'messages of other senders.';
+
+create or replace function public.feature_flags_before_write()
+returns trigger
+language plpgsql
+set search_path = ''
+as $$
+begin
+  new.salt := coalesce(new.salt, new.name);
+  new.updated_at := now();
+  new.updated_by := coalesce(nullif(current_setting('rollout.actor', true), ''), current_user);
+  return new;
+end;
+$$;
+comment on function public.feature_flags_before_write() is
+  'Salt defaults to the flag name; stamps updated_at/updated_by.';
+
+create or replace function public.feature_flags_audit_write()
+returns trigger
+language plpgsql
+security definer
+set search_path = ''
+as $$
+begin
+  insert into public.feature_flag_audit
+    (flag_name, changed_by, from_percentage, to_percentage, reason)
+  values (
+    new.name,
+    coalesce(nullif(current_setting('rollout.actor', true), ''), session_user),
+    case when tg_op = 'UPDATE' then old.rollout_percentage end,
+    new.rollout_percentage,
+    nullif(current_setting('rollout.reason', true), '')
+  );
+  return new;
+end;
+$$;
+comment on function public.feature_flags_audit_write() is
+  'Audit row per flag insert/update. Definer: the audit table is closed to every API role.';
+
+drop trigger if exists on_new_message on public.messages;
+drop trigger if exists messages_before_insert_v2 on public.messages;
+create trigger messages_before_insert_v2
+  before insert on public.messages
+  for each row execute function public.messages_before_insert_v2();
+drop trigger if exists messages_after_insert_v2 on public.messages;
+create trigger messages_after_insert_v2
+  after insert on public.messages
+  for each row execute function public.messages_after_insert_v2();
+drop trigger if exists messages_before_update_v2 on public.messages;
+create trigger messages_before_update_v2
+  before update on public.messages
+  for each row execute function public.messages_before_update_v2();
+drop trigger if exists conversation_participants_before_update_v2
+  on public.conversation_participants;
+create trigger conversation_participants_before_update_v2
+  before update on public.conversation_participants
+  for each row execute function public.conversation_participants_before_update_v2();
+drop trigger if exists conversation_participants_after_update_v2
+  on public.conversation_participants;
+create trigger conversation_participants_after_update_v2
+  after update of unread_count on public.conversation_participants
+  for each row when (new.unread_count = 0)
+  execute function public.conversation_participants_after_update_v2();
+drop trigger if exists feature_flags_before_write on public.feature_flags;
+create trigger feature_flags_before_write
+  before insert or update on public.feature_flags
+  for each row execute function public.feature_flags_before_write();
+drop trigger if exists feature_flags_audit_write on public.feature_flags;
+create trigger feature_flags_audit_write
+  after insert or update on public.feature_flags
+  for each row execute function public.feature_flags_audit_write();
+
+insert into public.feature_flags (name, rollout_percentage, salt, description)
+values ('messaging_v2_enabled', 0, 'messaging_v2_enabled',
+        'New role-based messaging UI in the mobile app.')
+on conflict (name) do nothing;
+
+-- ---------------------------------------------------------------------------------------
+-- The API. All security definer: they write rows the caller may not write directly, always
+-- acting as auth.uid() (never an argument), and re-check every rule themselves.
+-- ---------------------------------------------------------------------------------------
+create or replace function public.send_message(p_conversation_id uuid, p_message_text text)
+returns uuid
+language plpgsql
+volatile
+security definer
+set search_path = ''
+as $$
+declare
+  v_uid uuid := auth.uid();
+  v_id uuid;
+begin
+  if public.current_profile_role() is null then
+    raise exception using errcode = 'PT403', message = 'no profile for the current user';
+  end if;
+  if not public.is_conversation_participant(p_conversation_id) then
+    raise exception using errcode = 'PT403', message = 'not a participant of this conversation';
+  end if;
+  if not public.can_user_reply(v_uid, p_conversation_id) then
+    raise exception using errcode = 'PT403', message = 'you may not reply in this conversation';
+  end if;
+  insert into public.messages (conversation_id, sender_id, message_text, read_by_user_ids)
+  values (p_conversation_id, v_uid, public.normalize_message_text(p_message_text), array[v_uid])
+  returning id into v_id;
+  return v_id;
+end;
+$$;
+comment on function public.send_message(uuid, text) is
+  'Reply in a conversation (reply rule). Definer: inserts as the caller after its own checks.';
+
+create or replace function public.send_direct_message(
+  p_recipient_id uuid, p_message_text text, p_show_id uuid default null
+)
+returns uuid
+language plpgsql
+volatile
+security definer
+set search_path = ''
+as $$
+declare
+  v_uid uuid := auth.uid();
+  v_conv uuid;
+  v_id uuid;
+begin
+  if public.current_profile_role() is null then
+    raise exception using errcode = 'PT403', message = 'no profile for the current user';
+  end if;
+  if p_recipient_id is null or p_recipient_id = v_uid then
+    raise exception using errcode = 'PT400', message = 'choose another user as recipient';
+  end if;
+  if not exists (select 1 from public.profiles where id = p_recipient_id) then
+    raise exception using errcode = 'PT404', message = 'recipient not found';
+  end if;
+  if p_show_id is not null and not exists (select 1 from public.shows where id = p_show_id) then
+    raise exception using errcode = 'PT404', message = 'show not found';
+  end if;
+
+  -- One direct conversation per pair, even under concurrent first messages.
+  perform pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended(
+    'dm:' || least(v_uid, p_recipient_id)::text || ':' || greatest(v_uid, p_recipient_id)::text,
+    0));
+  select c.id into v_conv
+    from public.conversations c
+   where c.type = 'direct'
+     and exists (select 1 from public.conversation_participants a
+                  where a.conversation_id = c.id and a.user_id = v_uid)
+     and exists (select 1 from public.conversation_participants b
+                  where b.conversation_id = c.id and b.user_id = p_recipient_id)
+     and (select count(*) from public.conversation_participants n
+           where n.conversation_id = c.id) = 2
+   order by (c.show_id is not distinct from p_show_id) desc,
+            c.last_message_timestamp desc nulls last, c.created_at desc
+   limit 1;
+
+  if v_conv is not null then
+    if not public.can_user_reply(v_uid, v_conv) then
+      raise exception using errcode = 'PT403', message = 'you may not reply in this conversation';
+    end if;
+  elsif public.can_user_send_dm(v_uid, p_recipient_id, p_show_id) then
+    perform public.normalize_message_text(p_message_text);
+    insert into public.conversations (type, show_id, created_by)
+    values ('direct', p_show_id, v_uid)
+    returning id into v_conv;
+    insert into public.conversation_participants (conversation_id, user_id, can_reply)
+    values (v_conv, v_uid, true), (v_conv, p_recipient_id, true);
+  else
+    raise exception using errcode = 'PT403',
+      message = 'your role may not start a conversation with this user';
+  end if;
+
+  insert into public.messages (conversation_id, sender_id, message_text, read_by_user_ids)
+  values (v_conv, v_uid, public.normalize_message_text(p_message_text), array[v_uid])
+  returning id into v_id;
+  return v_id;
+end;
+$$;
+comment on function public.send_direct_message(uuid, text, uuid) is
+  'DM: reuse the pair''s direct conversation if the caller may reply there, else start one '
+  'if the role matrix allows. Definer: creates conversations and participant rows.';
+
+create or replace function public.send_broadcast(
+  p_show_id uuid, p_message_text text, p_recipient_roles text[],
+  p_is_pre_show boolean default null
+)
+returns jsonb
+language plpgsql
+volatile
+security definer
+set search_path = ''
+as $$
+declare
+  v_uid uuid := auth.uid();
+  v_role text := public.current_profile_role();
+  v_show public.shows%rowtype;
+  v_roles text[];
+  v_text text;
+  v_pre boolean;
+  v_count integer;
+  v_quota public.broadcast_quotas%rowtype;
+  v_remaining integer;
+  v_conv uuid;
+  v_msg uuid;
+begin
+  if v_role is null or v_role not in ('show_organizer', 'mvp_dealer') then
+    raise exception using errcode = 'PT403', message = 'your role may not send broadcasts';
+  end if;
+  select * into v_show from public.shows where id = p_show_id;
+  if not found then
+    raise exception using errcode = 'PT404', message = 'show not found';
+  end if;
+  select array_agg(distinct r order by r) into v_roles
+    from unnest(p_recipient_roles) as r;
+  if v_roles is null
+     or exists (select 1 from unnest(v_roles) as r
+                 where r is null
+                    or r not in ('attendee', 'dealer', 'mvp_dealer', 'show_organizer', 'admin'))
+  then
+    raise exception using errcode = 'PT400', message = 'recipient roles must be known roles';
+  end if;
+  if v_role = 'show_organizer' then
+    if v_show.organizer_id is distinct from v_uid then
+      raise exception using errcode = 'PT403',
+        message = 'only the organizer of this show may broadcast to it';
+    end if;
+  else
+    if not exists (select 1 from public.show_participants
+                    where userid = v_uid and showid = p_show_id) then
+      raise exception using errcode = 'PT403',
+        message = 'MVP dealers may only broadcast to shows they are registered for';
+    end if;
+    if v_roles <> array['attendee'] then
+      raise exception using errcode = 'PT403',
+        message = 'MVP dealers may broadcast to attendees only';
+    end if;
+  end if;
+  v_text := public.normalize_message_text(p_message_text);
+  v_pre := coalesce(p_is_pre_show, now() < v_show.start_date);
+
+  select count(*) into v_count
+    from public.show_participants sp
+    join public.profiles p on p.id = sp.userid
+   where sp.showid = p_show_id and p.role = any (v_roles) and sp.userid <> v_uid;
+  if v_count = 0 then
+    raise exception using errcode = 'PT400',
+      message = 'no participant of this show has the chosen roles';
+  end if;
+
+  if v_role = 'show_organizer' then
+    -- One atomic statement: concurrent callers serialise on the row, and the WHERE is
+    -- re-checked on the latest version, so a quota of 2 yields exactly 2 successes.
+    insert into public.broadcast_quotas as q
+      (organizer_id, show_id, quota_date, pre_show_used, post_show_used)
+    values (v_uid, p_show_id, (now() at time zone 'utc')::date,
+            case when v_pre then 1 else 0 end, case when v_pre then 0 else 1 end)
+    on conflict (organizer_id, show_id, quota_date) do update
+       set pre_show_used = q.pre_show_used + excluded.pre_show_used,
+           post_show_used = q.post_show_used + excluded.post_show_used,
+           updated_at = now()
+     where (excluded.pre_show_used = 1 and q.pre_show_used < q.pre_show_limit)
+        or (excluded.post_show_used = 1 and q.post_show_used < q.post_show_limit)
+    returning * into v_quota;
+    if not found then
+      raise exception using errcode = 'PT429', message = format(
+        'broadcast quota exhausted: %s %s-show broadcast(s) per show per UTC day',
+        case when v_pre then 2 else 1 end, case when v_pre then 'pre' else 'post' end);
+    end if;
+    v_remaining := case when v_pre then v_quota.pre_show_limit - v_quota.pre_show_used
+                        else v_quota.post_show_limit - v_quota.post_show_used end;
+  end if;
+
+  insert into public.conversations (type, show_id, created_by)
+  values ('broadcast', p_show_id, v_uid)
+  returning id into v_conv;
+  insert into public.conversation_participants (conversation_id, user_id, can_reply)
+  values (v_conv, v_uid, true);
+  insert into public.conversation_participants (conversation_id, user_id, can_reply)
+  select v_conv, sp.userid, false
+    from public.show_participants sp
+    join public.profiles p on p.id = sp.userid
+   where sp.showid = p_show_id and p.role = any (v_roles) and sp.userid <> v_uid;
+  insert into public.messages
+    (conversation_id, sender_id, message_text, is_broadcast, read_by_user_ids)
+  values (v_conv, v_uid, v_text, true, array[v_uid])
+  returning id into v_msg;
+
+  return jsonb_build_object('conversation_id', v_conv, 'message_id', v_msg,
+                            'recipient_count', v_count, 'quota_remaining', v_remaining);
+end;
+$$;
+comment on function public.send_broadcast(uuid, text, text[], boolean) is
+  'One-way broadcast to a show''s participants by role, quota taken atomically. Definer: '
+  'writes quotas, conversations and participant rows closed to the caller.';
+
+create or replace function public.get_conversation_messages(
+  p_conversation_id uuid, p_before timestamptz default null, p_limit integer default 50
+)
+returns table (id uuid, sender_id uuid, message_text text, is_deleted boolean,
+               is_broadcast boolean, created_at timestamptz)
+language plpgsql
+stable
+security definer
+set search_path = ''
+as $$
+#variable_conflict use_column
+declare
+  v_admin boolean := public.is_admin();
+begin
+  if not (v_admin or public.is_conversation_participant(p_conversation_id)) then
+    raise exception using errcode = 'PT403', message = 'not a participant of this conversation';
+  end if;
+  if p_limit is null or p_limit < 1 or p_limit > 500 then
+    raise exception using errcode = 'PT400', message = 'p_limit must be 1..500';
+  end if;
+  return query
+    select m.id, m.sender_id,
+           case when not m.is_deleted then m.message_text
+                when v_admin then t.message_text end,
+           m.is_deleted, m.is_broadcast, m.created_at
+      from public.messages m
+      left join public.moderated_message_texts t on t.message_id = m.id
+     where m.conversation_id = p_conversation_id
+       and (p_before is null or m.created_at < p_before)
+     order by m.created_at desc, m.id desc
+     limit p_limit;
+end;
+$$;
+comment on function public.get_conversation_messages(uuid, timestamptz, integer) is
+  'Newest-first page of a conversation; soft-deleted text only for admins. Definer: reads '
+  'the admin-only moderated texts.';
+
+create or replace function public.get_user_conversations()
+returns table (id uuid, type text, show_id uuid, last_message_text text,
+               last_message_timestamp timestamptz, unread_count integer)
+language sql
+stable
+security definer
+set search_path = ''
+as $$
+  select c.id, c.type, c.show_id, c.last_message_text, c.last_message_timestamp, cp.unread_count
+    from public.conversation_participants cp
+    join public.profiles p on p.id = cp.user_id
+    join public.conversations c on c.id = cp.conversation_id
+   where cp.user_id = (select auth.uid())
+   order by c.last_message_timestamp desc nulls last, c.created_at desc
+$$;
+comment on function public.get_user_conversations() is
+  'The caller''s inbox. Definer: one indexed query instead of a policy check per row.';
+
+create or replace function public.get_total_unread_count()
+returns integer
+language sql
+stable
+security definer
+set search_path = ''
+as $$
+  select coalesce(sum(cp.unread_count), 0)::integer
+    from public.conversation_participants cp
+    join public.profiles p on p.id = cp.user_id
+   where cp.user_id = (select auth.uid())
+$$;
+comment on function public.get_total_unread_count() is
+  'Sum of the caller''s unread counts. Definer: same reason as get_user_conversations.';
+
+create or replace function public.mark_conversation_read(p_conversation_id uuid)
+returns void
+language plpgsql
+volatile
+security definer
+set search_path = ''
+as $$
+begin
+  if not public.is_conversation_participant(p_conversation_id) then
+    raise exception using errcode = 'PT403', message = 'not a participant of this conversation';
+  end if;
+  -- The after-update trigger adds the caller to read_by_user_ids of every message.
+  update public.conversation_participants
+     set unread_count = 0
+   where conversation_id = p_conversation_id and user_id = auth.uid();
+end;
+$$;
+comment on function public.mark_conversation_read(uuid) is
+  'Unread count to 0 and every message read by the caller. Definer: updates messages of '
+  'other senders.';
+
+create or replace function public.report_message(p_message_id uuid, p_reason text)
+returns uuid
+language plpgsql
+volatile
+security definer
+set search_path = ''
+as $$
+declare
+  v_uid uuid := auth.uid();
+  v_conv uuid;
+  v_reason text := btrim(p_reason);
+  v_id uuid;
+begin
+  if public.current_profile_role() is null then
+    raise exception using errcode = 'PT403', message = 'no profile for the current user';
+  end if;
+  select conversation_id into v_conv from public.messages where id = p_message_id;
+  if not found then
+    raise exception using errcode = 'PT404', message = 'message not found';
+  end if;
+  if not public.is_conversation_participant(v_conv) then
+    raise exception using errcode = 'PT403', message = 'only participants may report a message';
+  end if;
+  if v_reason is null or char_length(v_reason) = 0 or char_length(v_reason) > 500 then
+    raise exception using errcode = 'PT400', message = 'reason must be 1 to 500 characters';
+  end if;
+  insert into public.reported_messages (message_id, reported_by, reason)
+  values (p_message_id, v_uid, v_reason)
+  on conflict (message_id, reported_by) where report_status = 'pending' do nothing
+  returning id into v_id;
+  if v_id is null then
+    select id into v_id from public.reported_messages
+     where message_id = p_message_id and reported_by = v_uid and report_status = 'pending';
+  end if;
+  return v_id;
+end;
+$$;
+comment on function public.report_message(uuid, text) is
+  'Report a message (participants; one pending report per reporter and message, returned '
+  'again on repeat). Definer: reported_messages is closed to direct writes.';
+
+create or replace function public.moderate_delete_message(
+  p_message_id uuid, p_reason text default 'Content violation'
+)
+returns boolean
+language plpgsql
+volatile
+security definer
+set search_path = ''
+as $$
+declare
+  v_uid uuid := auth.uid();
+  v_role text := public.current_profile_role();
+  v_msg public.messages%rowtype;
+  v_show uuid;
+  v_reason text := coalesce(nullif(btrim(p_reason), ''), 'Content violation');
+begin
+  if v_role is null or v_role not in ('admin', 'show_organizer') then
+    raise exception using errcode = 'PT403', message = 'only moderators may delete messages';
+  end if;
+  select m.* into v_msg from public.messages m where m.id = p_message_id for update;
+  if not found then
+    raise exception using errcode = 'PT404', message = 'message not found';
+  end if;
+  if v_role = 'show_organizer' then
+    select c.show_id into v_show from public.conversations c where c.id = v_msg.conversation_id;
+    if not exists (select 1 from public.shows s where s.id = v_show and s.organizer_id = v_uid) then
+      raise exception using errcode = 'PT403',
+        message = 'organizers moderate only their own shows'' conversations';
+    end if;
+  end if;
+  if char_length(v_reason) > 500 then
+    raise exception using errcode = 'PT400', message = 'reason must be at most 500 characters';
+  end if;
+  if v_msg.is_deleted then
+    return false;
+  end if;
+
+  -- The text leaves the messages table: no policy, function or rollback can show it again.
+  insert into public.moderated_message_texts (message_id, message_text, reason, deleted_by)
+  values (v_msg.id, v_msg.message_text, v_reason, v_uid)
+  on conflict (message_id) do nothing;
+  update public.messages
+     set is_deleted = true, deleted_at = now(), deleted_by = v_uid,
+         message_text = '[message removed by a moderator]'
+   where id = v_msg.id;
+  update public.conversations c
+     set last_message_text = (
+       select m.message_text from public.messages m
+        where m.conversation_id = c.id
+        order by m.created_at desc, m.id desc
+        limit 1)
+   where c.id = v_msg.conversation_id;
+  update public.reported_messages
+     set report_status = 'actioned', reviewed_by = v_uid, reviewed_at = now()
+   where message_id = v_msg.id and report_status = 'pending';
+  return true;
+end;
+$$;
+comment on function public.moderate_delete_message(uuid, text) is
+  'Soft delete (admins anywhere, organizers in their shows'' conversations); the text moves '
+  'to moderated_message_texts. Definer: moderators have no direct write access.';
+
+create or replace function public.reset_broadcast_quotas()
+returns jsonb
+language plpgsql
+volatile
+security definer
+set search_path = ''
+as $$
+declare
+  v_today date := (now() at time zone 'utc')::date;
+  v_deleted integer;
+  v_rows integer;
+  v_exhausted integer;
+begin
+  -- Housekeeping only: today's quota is today's row, so a missed or doubled run neither
+  -- blocks nor grants a broadcast. Rows are kept 30 days for reporting.
+  delete from public.broadcast_quotas where quota_date < v_today - 30;
+  get diagnostics v_deleted = row_count;
+  select count(*),
+         count(*) filter (where pre_show_used >= pre_show_limit
+                             or post_show_used >= post_show_limit)
+    into v_rows, v_exhausted
+    from public.broadcast_quotas where quota_date = v_today;
+  return jsonb_build_object('quota_date', v_today, 'deleted_rows', v_deleted,
+                            'quotas_today', v_rows, 'exhausted_today', v_exhausted,
+                            'retention_days', 30);
+end;
+$$;
+comment on function public.reset_broadcast_quotas() is
+  'Nightly quota housekeeping and stats (service_role only). Definer: deletes quota rows '
+  'no API role may touch.';
+
+-- ---------------------------------------------------------------------------------------
+-- Privileges: what API clients may touch directly (RLS then decides the rows).
+-- ---------------------------------------------------------------------------------------
+revoke insert, update, delete, truncate on public.conversations from authenticated, anon;
+revoke insert, update, delete, truncate on public.conversation_participants
+  from authenticated, anon;
+grant update (unread_count) on public.conversation_participants to authenticated;
+revoke insert, update, delete, truncate on public.messages from authenticated, anon;
+grant insert (id, conversation_id, sender_id, message_text, created_at, read_by_user_ids)
+  on public.messages to authenticated;
+grant update (read_by_user_ids) on public.messages to authenticated;
+-- The role is what every rule keys on: users may no longer set their own.
+revoke insert, update on public.profiles from authenticated, anon;
+grant insert (id, display_name, avatar_url) on public.profiles to authenticated;
+grant update (display_name, avatar_url, updated_at) on public.profiles to authenticated;
+
+revoke all on public.feature_flags, public.feature_flag_audit, public.broadcast_quotas,
+  public.reported_messages, public.moderated_message_texts from anon, authenticated;
+grant select on public.feature_flags, public.reported_messages, public.moderated_message_texts
+  to authenticated;
+
+revoke execute on function
+  public.feature_bucket(text, uuid),
+  public.is_feature_enabled(text),
+  public.current_profile_role(),
+  public.is_admin(),
+  public.is_conversation_participant(uuid),
+  public.normalize_message_text(text),
+  public.can_user_send_dm(uuid, uuid, uuid),
+  public.can_user_reply(uuid, uuid),
+  public.send_message(uuid, text),
+  public.send_direct_message(uuid, text, uuid),
+  public.send_broadcast(uuid, text, text[], boolean),
+  public.get_conversation_messages(uuid, timestamptz, integer),
+  public.get_user_conversations(),
+  public.get_total_unread_count(),
+  public.mark_conversation_read(uuid),
+  public.report_message(uuid, text),
+  public.moderate_delete_message(uuid, text),
+  public.reset_broadcast_quotas(),
+  public.messages_before_insert_v2(),
+  public.messages_after_insert_v2(),
+  public.messages_before_update_v2(),
+  public.conversation_participants_before_update_v2(),
+  public.conversation_participants_after_update_v2(),
+  public.feature_flags_before_write(),
+  public.feature_flags_audit_write()
+  from public, anon, authenticated;
+grant execute on function
+  public.feature_bucket(text, uuid),
+  public.is_feature_enabled(text),
+  public.current_profile_role(),
+  public.is_admin(),
+  public.is_conversation_participant(uuid),
+  public.normalize_message_text(text),
+  public.can_user_send_dm(uuid, uuid, uuid),
+  public.can_user_reply(uuid, uuid),
+  public.send_message(uuid, text),
+  public.send_direct_message(uuid, text, uuid),
+  public.send_broadcast(uuid, text, text[], boolean),
+  public.get_conversation_messages(uuid, timestamptz, integer),
+  public.get_user_conversations(),
+  public.get_total_unread_count(),
+  public.mark_conversation_read(uuid),
+  public.report_message(uuid, text),
+  public.moderate_delete_message(uuid, text)
+  to authenticated;
+grant execute on function public.reset_broadcast_quotas() to service_role;
+
+-- ---------------------------------------------------------------------------------------
+-- Policies: one per operation, to authenticated; legacy ones dropped by name.
+-- ---------------------------------------------------------------------------------------
+drop policy if exists conversations_select_participant on public.conversations;
+drop policy if exists conversations_insert_authenticated on public.conversations;
+drop policy if exists conversations_update_participant on public.conversations;
+drop policy if exists conversations_select_member on public.conversations;
+create policy conversations_select_member on public.conversations
+  for select to authenticated using (public.is_conversation_participant(id));
+
+drop policy if exists conversation_participants_select_own on public.conversation_participants;
+drop policy if exists conversation_participants_insert_authenticated
+  on public.conversation_participants;
+drop policy if exists conversation_participants_update_own on public.conversation_participants;
+drop policy if exists conversation_participants_select_member
+  on public.conversation_participants;
+create policy conversation_participants_select_member on public.conversation_participants
+  for select to authenticated using (public.is_conversation_participant(conversation_id));
+drop policy if exists conversation_participants_update_own_unread
+  on public.conversation_participants;
+create policy conversation_participants_update_own_unread on public.conversation_participants
+  for update to authenticated
+  using (user_id = (select auth.uid()))
+  with check (user_id = (select auth.uid()));
+
+drop policy if exists messages_select_participant on public.messages;
+drop policy if exists messages_insert_participant on public.messages;
+drop policy if exists messages_update_participant on public.messages;
+drop policy if exists messages_select_member on public.messages;
+create policy messages_select_member on public.messages
+  for select to authenticated using (public.is_conversation_participant(conversation_id));
+drop policy if exists messages_insert_reply on public.messages;
+create policy messages_insert_reply on public.messages
+  for insert to authenticated
+  with check (sender_id = (select auth.uid())
+              and public.can_user_reply((select auth.uid()), conversation_id));
+drop policy if exists messages_update_mark_read on public.messages;
+create policy messages_update_mark_read on public.messages
+  for update to authenticated
+  using (public.is_conversation_participant(conversation_id))
+  with check (public.is_conversation_participant(conversation_id));
+
+drop policy if exists feature_flags_select_all on public.feature_flags;
+create policy feature_flags_select_all on public.feature_flags
+  for select to authenticated using (true);
+
+drop policy if exists reported_messages_select_own_or_admin on public.reported_messages;
+create policy reported_messages_select_own_or_admin on public.reported_messages
+  for select to authenticated
+  using (reported_by = (select auth.uid()) or (select public.is_admin()));
+
+drop policy if exists moderated_message_texts_select_admin on public.moderated_message_texts;
+create policy moderated_message_texts_select_admin on public.moderated_message_texts
+  for select to authenticated using ((select public.is_admin()));
+
+-- broadcast_quotas and feature_flag_audit: RLS on, no policy, no grant: functions only.
+
+commit;
