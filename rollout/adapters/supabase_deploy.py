@@ -121,7 +121,14 @@ def deploy_all(
     """
     if not bundles:
         return record or DeployRecord(project_ref=api.project_ref)
-    record = record or snapshot(api, [b.slug for b in bundles], previous_dir)
+    slugs = [b.slug for b in bundles]
+    if record is None:
+        record = snapshot(api, slugs, previous_dir)
+    else:
+        kept = {p.slug for p in record.previous}
+        missing = [s for s in slugs if s not in kept]
+        if missing:  # never upload a function whose previous state is not kept
+            record.previous.extend(snapshot(api, missing, previous_dir).previous)
     before = {p.slug: p.version for p in record.previous}
     try:
         live = _upload_and_activate(api, bundles)

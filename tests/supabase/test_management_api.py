@@ -14,7 +14,13 @@ import respx
 
 from rollout.adapters.function_bundle import FunctionBundle
 from rollout.adapters.supabase_api import ManagementAPI, secret_digest
-from rollout.adapters.supabase_deploy import DeployError, DeployRecord, deploy_all, rollback
+from rollout.adapters.supabase_deploy import (
+    DeployError,
+    DeployRecord,
+    deploy_all,
+    rollback,
+    snapshot,
+)
 from rollout.adapters.supabase_secrets import plan_secrets, sync_secrets
 from rollout.errors import TargetError, UsageError
 from tests.supabase.conftest import BASE_URL, REF, TOKEN, FakeSupabase, parse_deploy_form
@@ -474,3 +480,15 @@ def test_function_stats_reports_query_errors(fake: FakeSupabase) -> None:
     )
     with pytest.raises(TargetError, match="query timed out"):
         fake.api().function_stats("send-broadcast", datetime.now(UTC) - timedelta(minutes=5))
+
+
+def test_deploy_all_snapshots_slugs_missing_from_a_given_record(
+    fake: FakeSupabase, tmp_path: Path
+) -> None:
+    fake.seed("send-broadcast", OLD_FILES, "functions/send-broadcast/index.ts", version=3)
+    api = fake.api()
+    record = snapshot(api, [], tmp_path)
+    deploy_all(api, [bundle("send-broadcast", NEW_FILES)], tmp_path, record=record)
+    assert [(p.slug, p.version) for p in record.previous] == [("send-broadcast", 3)]
+    rollback(api, record)
+    assert fake.functions["send-broadcast"].files == OLD_FILES
