@@ -1,0 +1,349 @@
+"""The migration files themselves: round trips, losslessness, catalog rules, lint, PG 15."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from tests.conftest import create_database
+from tests.messaging.catalog import row_snapshot, schema_snapshot
+from tests.messaging.conftest import (
+    ADA,
+    ALICE,
+    ALICE_MAX_CONV,
+    ARTHUR,
+    DANA,
+    MAX,
+    OLGA,
+    ROLLBACK,
+    SPRING_SHOW,
+    V2,
+    Db,
+    apply_file,
+)
+from tests.messaging.helpers import assert_unread_exact
+
+ROOT = Path(__file__).resolve().parents[2]
+SECRET = "this text was moderated away"
+
+
+def write_v2_data(db: Db) -> dict[str, str]:
+    """Everything v2 can write: DMs, broadcasts, quota, reports, moderation, flag changes."""
+    alice, max_, olga, ada = (db.as_user(u) for u in (ALICE, MAX, OLGA, ADA))
+    dm = alice.rpc1("send_direct_message", p_recipient_id=MAX, p_message_text=SECRET)
+    alice.rpc1("send_direct_message", p_recipient_id=MAX, p_message_text="a newer message")
+    bc = olga.rpc1(
+        "send_broadcast", p_show_id=SPRING_SHOW, p_message_text="Doors open at 9",
+        p_recipient_roles=["attendee", "dealer"],
+    )
+    max_.rpc1(
+        "send_broadcast", p_show_id=SPRING_SHOW, p_message_text="MVP booth 12",
+        p_recipient_roles=["attendee"],
+    )
+    report = max_.rpc1("report_message", p_message_id=dm, p_reason="rude")
+    assert ada.rpc1("moderate_delete_message", p_message_id=dm, p_reason="rude") is True
+    # The deleted message is the conversation's latest: its placeholder is the last message.
+    last = alice.rpc1("send_direct_message", p_recipient_id=MAX, p_message_text=SECRET + " 2")
+    ada.rpc1("moderate_delete_message", p_message_id=last)
+    with db.admin.transaction():
+        db.q("select set_config('rollout.actor', 'pm@example.com', true)")
+        db.q("select set_config('rollout.reason', 'ramp', true)")
+        db.q("update public.feature_flags set rollout_percentage = 25 "
+             "where name = 'messaging_v2_enabled'")
+    db.as_user(ARTHUR).rpc("mark_conversation_read", p_conversation_id=bc["conversation_id"])
+    return {"dm": dm, "report": report, "broadcast": bc["message_id"]}
+
+
+def no_secret_anywhere_public(db: Db) -> None:
+    tables = db.q(
+        "select quote_ident(table_name) from information_schema.tables "
+        "where table_schema = 'public' and table_type = 'BASE TABLE'"
+    )
+    for (table,) in tables:
+        hits = db.val(
+            f"select count(*) from public.{table} t where to_jsonb(t)::text like %s",
+            (f"%{SECRET}%",),
+        )
+        assert hits == 0, f"moderated text visible in public.{table}"
+
+
+def test_apply_rollback_apply_rollback_is_lossless_and_exact(v2db: Db) -> None:
+    ids = write_v2_data(v2db)
+    applied_schema = schema_snapshot(v2db.admin)
+    applied_rows = row_snapshot(v2db.admin)
+
+    apply_file(v2db.url, ROLLBACK)
+    rolled_schema = schema_snapshot(v2db.admin)
+    rolled_rows = row_snapshot(v2db.admin)
+    # Every row is still there (public or archive), counted per kind of data.
+    assert v2db.val("select count(*) from public.messages") == applied_rows["public.messages"][0]
+    assert v2db.val("select count(*) from messaging_v2_archive.reported_messages") == 1
+    assert v2db.val("select count(*) from messaging_v2_archive.broadcast_quotas") == 1
+    assert v2db.val("select count(*) from messaging_v2_archive.feature_flag_audit") == 2
+    assert v2db.val("select count(*) from messaging_v2_archive.moderated_message_texts") == 2
+    assert v2db.val(
+        "select count(*) from messaging_v2_archive.messages_v2_columns where is_broadcast"
+    ) == 2
+    # Legacy behaviour: no v2 function, the deleted text nowhere in public.
+    assert v2db.val("select to_regprocedure('public.send_broadcast(uuid,text,text[],boolean)')") is None
+    no_secret_anywhere_public(v2db)
+    alice = v2db.as_user(ALICE)
+    texts = [r[0] for r in alice.sql(
+        "select message_text from public.messages where conversation_id = "
+        "(select conversation_id from public.messages where id = %s)", (ids["dm"],))]
+    assert all(SECRET not in t for t in texts)
+    assert all(SECRET not in (r[0] or "") for r in alice.sql(
+        "select last_message_text from public.conversations"))
+    # The API roles cannot reach the archive.
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        alice.sql("select * from messaging_v2_archive.moderated_message_texts")
+
+    # Re-apply restores the v2 state exactly.
+    apply_file(v2db.url, V2)
+    assert schema_snapshot(v2db.admin) == applied_schema
+    assert row_snapshot(v2db.admin) == applied_rows
+    ada = v2db.as_user(ADA)
+    conv = v2db.val("select conversation_id from public.messages where id = %s", (ids["dm"],))
+    admin_view = {r[0]: r[2] for r in ada.rpc("get_conversation_messages", p_conversation_id=conv)}
+    assert admin_view[ids["dm"]] == SECRET
+    assert_unread_exact(v2db)
+
+    apply_file(v2db.url, ROLLBACK)
+    assert schema_snapshot(v2db.admin) == rolled_schema
+    assert row_snapshot(v2db.admin) == rolled_rows
+
+
+def test_rollback_restores_the_legacy_schema(legacy_db: Db) -> None:
+    before = schema_snapshot(legacy_db.admin, ("public",))
+    apply_file(legacy_db.url, V2)
+    apply_file(legacy_db.url, ROLLBACK)
+    assert schema_snapshot(legacy_db.admin, ("public",)) == before
+
+
+def test_both_files_can_be_re_run(v2db: Db) -> None:
+    once = schema_snapshot(v2db.admin)
+    apply_file(v2db.url, V2)
+    assert schema_snapshot(v2db.admin) == once
+    apply_file(v2db.url, ROLLBACK)
+    rolled = schema_snapshot(v2db.admin)
+    apply_file(v2db.url, ROLLBACK)
+    assert schema_snapshot(v2db.admin) == rolled
+
+
+def test_legacy_app_works_after_rollback(v2db: Db) -> None:
+    write_v2_data(v2db)
+    apply_file(v2db.url, ROLLBACK)
+    dana = v2db.as_user(DANA)
+    # Legacy rule: any participant writes; the legacy trigger keeps the bookkeeping.
+    dana.sql(
+        "insert into public.messages (conversation_id, sender_id, message_text) "
+        "values ('70000000-0000-4000-8000-000000000002', %s, 'back on legacy')", (DANA,))
+    assert v2db.val(
+        "select last_message_text from public.conversations "
+        "where id = '70000000-0000-4000-8000-000000000002'") == "back on legacy"
+    assert len(v2db.as_user(ALICE).sql(
+        "select id from public.messages where conversation_id = %s", (ALICE_MAX_CONV,))) >= 240
+
+
+def test_a_failed_run_leaves_nothing(legacy_db: Db) -> None:
+    before = schema_snapshot(legacy_db.admin)
+    broken = V2.read_text().replace("commit;", "select 1/0;\ncommit;")
+    with pytest.raises(psycopg.errors.DivisionByZero):
+        with psycopg.connect(legacy_db.url, autocommit=True) as conn:
+            conn.execute(broken.encode())
+    assert schema_snapshot(legacy_db.admin) == before
+    apply_file(legacy_db.url, V2)
+
+
+def test_squawk_lint_passes() -> None:
+    squawk = ROOT / ".venv" / "bin" / "squawk"
+    if not squawk.exists():
+        pytest.skip("squawk not installed")
+    result = subprocess.run(
+        [str(squawk), str(V2)], capture_output=True, text=True, check=False, cwd=ROOT
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_v2_sets_timeouts_and_is_one_transaction() -> None:
+    text = V2.read_text()
+    statements = [s for s in re.split(r"^(begin|commit);$", text, flags=re.M) if s in ("begin", "commit")]
+    assert statements == ["begin", "commit"]
+    assert "set local lock_timeout = '5s';" in text
+    assert "set local statement_timeout" in text
+
+
+# --- catalog rules ------------------------------------------------------------------------
+
+MESSAGING_TABLES = (
+    "conversations", "conversation_participants", "messages", "broadcast_quotas",
+    "reported_messages", "moderated_message_texts", "feature_flags", "feature_flag_audit",
+)
+
+
+def test_every_table_has_rls_and_a_comment(v2db: Db) -> None:
+    rows = v2db.q(
+        "select c.relname, c.relrowsecurity, obj_description(c.oid, 'pg_class') "
+        "from pg_class c where c.relnamespace = 'public'::regnamespace and c.relkind = 'r'"
+    )
+    assert {r[0] for r in rows} >= set(MESSAGING_TABLES)
+    assert [r[0] for r in rows if not r[1] or not r[2]] == []
+
+
+def test_every_policy_column_and_the_inbox_columns_are_indexed(v2db: Db) -> None:
+    # Columns of its own table a policy depends on (pg_depend records them).
+    policy_columns = v2db.q(
+        """select distinct c.relname, a.attname
+             from pg_policy p
+             join pg_depend d on d.classid = 'pg_policy'::regclass and d.objid = p.oid
+                             and d.refobjid = p.polrelid and d.refobjsubid > 0
+             join pg_class c on c.oid = p.polrelid
+             join pg_attribute a on a.attrelid = p.polrelid and a.attnum = d.refobjsubid
+            where c.relnamespace = 'public'::regnamespace"""
+    )
+    needed = set(policy_columns) | {
+        ("conversation_participants", "user_id"),  # inbox, unread total
+        ("conversation_participants", "conversation_id"),
+        ("messages", "conversation_id"),  # conversation pages
+        ("show_participants", "showid"),  # broadcast recipients
+        ("broadcast_quotas", "quota_date"),  # nightly reset
+        ("reported_messages", "report_status"),  # monitoring
+    }
+    leading = set(v2db.q(
+        """select c.relname, a.attname from pg_index i
+             join pg_class c on c.oid = i.indrelid
+             join pg_attribute a on a.attrelid = i.indrelid and a.attnum = i.indkey[0]
+            where c.relnamespace = 'public'::regnamespace"""
+    ))
+    assert ("messages", "sender_id") in needed  # sanity: the insert policy was seen
+    assert sorted(needed - leading) == []
+
+
+def test_no_policy_queries_its_own_table(v2db: Db) -> None:
+    rows = v2db.q(
+        "select tablename, policyname, coalesce(qual, '') || ' ' || coalesce(with_check, '') "
+        "from pg_policies where schemaname = 'public'"
+    )
+    offenders = [
+        (t, p) for t, p, expr in rows
+        if re.search(rf"\bfrom\s+(public\.)?{t}\b", expr, re.I)
+    ]
+    assert offenders == []
+
+
+def test_policies_are_per_operation_to_authenticated_and_use_select_uid(v2db: Db) -> None:
+    rows = v2db.q(
+        "select tablename, policyname, roles::text, cmd, "
+        "coalesce(qual, '') || ' ' || coalesce(with_check, '') from pg_policies "
+        "where schemaname = 'public' and tablename = any(%s)", (list(MESSAGING_TABLES),)
+    )
+    for table, name, roles, cmd, expr in rows:
+        assert roles == "{authenticated}", name
+        assert cmd != "ALL", name
+        assert not name.startswith("rollout_"), name
+        bare = re.sub(r"\(\s*select auth\.uid\(\) as uid\)", "", expr, flags=re.I)
+        assert "auth.uid()" not in bare, f"{table}.{name} uses bare auth.uid()"
+    per_op = v2db.q(
+        "select tablename, cmd, count(*) from pg_policies where schemaname = 'public' "
+        "and tablename = any(%s) group by 1, 2 having count(*) > 1", (list(MESSAGING_TABLES),)
+    )
+    assert per_op == []
+    triggers = v2db.q("select tgname from pg_trigger where tgname like 'rollout\\_%%'")
+    assert triggers == []
+
+
+def test_security_definer_functions_pin_search_path_and_say_why(v2db: Db) -> None:
+    rows = v2db.q(
+        "select p.proname, p.proconfig, obj_description(p.oid, 'pg_proc') from pg_proc p "
+        "where p.pronamespace = 'public'::regnamespace and p.prosecdef "
+        "and p.proname <> 'handle_new_message'"
+    )
+    assert len(rows) > 10
+    for name, config, comment in rows:
+        assert config == ["search_path=\"\""] or config == ["search_path=''"] or \
+            config == ['search_path=""'], (name, config)
+        assert comment and "definer" in comment.lower(), name
+
+
+def test_anon_executes_nothing_and_only_service_role_resets_quotas(v2db: Db) -> None:
+    anon_exec = v2db.q(
+        "select p.proname from pg_proc p where p.pronamespace = 'public'::regnamespace "
+        "and p.proname <> 'handle_new_message' "
+        "and has_function_privilege('anon', p.oid, 'execute')"
+    )
+    assert anon_exec == []
+    assert v2db.val(
+        "select has_function_privilege('authenticated', 'public.reset_broadcast_quotas()', 'execute')"
+    ) is False
+    assert v2db.val(
+        "select has_function_privilege('service_role', 'public.reset_broadcast_quotas()', 'execute')"
+    ) is True
+
+
+def test_no_mutation_function_takes_an_identity_argument(v2db: Db) -> None:
+    """Defects 2 and 3: identity comes from auth.uid(), never an argument."""
+    rows = v2db.q(
+        "select p.proname, p.proargnames from pg_proc p "
+        "where p.pronamespace = 'public'::regnamespace and p.prosecdef and p.provolatile = 'v'"
+    )
+    for name, args in rows:
+        assert not set(args or []) & {"p_sender_id", "p_moderator_id", "p_user_id",
+                                      "p_reporter_id", "p_organizer_id"}, name
+
+
+def test_an_old_defective_overload_is_dropped(legacy_db: Db) -> None:
+    legacy_db.q(
+        "create function public.moderate_delete_message(p_message_id uuid, p_moderator_id uuid, "
+        "p_reason text) returns boolean language sql security definer as 'select true'"
+    )
+    apply_file(legacy_db.url, V2)
+    assert legacy_db.q(
+        "select p.oid::regprocedure::text from pg_proc p where proname = 'moderate_delete_message'"
+    ) == [("moderate_delete_message(uuid,text)",)]
+
+
+# --- PostgreSQL 15 ------------------------------------------------------------------------
+
+def test_pg15_round_trip_and_permission_smoke(pg15, pg15_legacy_template: str) -> None:
+    url = create_database(pg15, "t_msg15_roundtrip", pg15_legacy_template)
+    db = Db(url=url, admin=psycopg.connect(url, autocommit=True))
+    try:
+        assert db.val("show server_version_num").startswith("15")
+        apply_file(url, V2)
+        applied = schema_snapshot(db.admin)
+        write_v2_data(db)
+        rows = row_snapshot(db.admin)
+        apply_file(url, ROLLBACK)
+        rolled = schema_snapshot(db.admin)
+        rolled_rows = row_snapshot(db.admin)
+        apply_file(url, V2)
+        assert schema_snapshot(db.admin) == applied
+        assert row_snapshot(db.admin) == rows
+        apply_file(url, ROLLBACK)
+        assert schema_snapshot(db.admin) == rolled
+        assert row_snapshot(db.admin) == rolled_rows
+        apply_file(url, V2)
+        # Permission smoke: matrix, reply rule, quota, privileges.
+        from tests.messaging.helpers import refused
+
+        alice = db.as_user(ALICE)
+        refused(lambda: db.as_user(ARTHUR).rpc1("send_direct_message", p_recipient_id=DANA,
+                                   p_message_text="hi"), "PT403")
+        refused(lambda: alice.sql("update public.conversation_participants set can_reply = true "
+                                  "where user_id = %s", (ALICE,)), "42501")
+        refused(lambda: db.as_user(DANA).sql(
+            "insert into public.messages (conversation_id, sender_id, message_text) "
+            "values ('70000000-0000-4000-8000-000000000002', %s, 'x')", (DANA,)), "42501")
+        olga = db.as_user(OLGA)
+        olga.rpc1("send_broadcast", p_show_id=SPRING_SHOW, p_message_text="2nd",
+                  p_recipient_roles=["attendee"])
+        refused(lambda: olga.rpc1("send_broadcast", p_show_id=SPRING_SHOW, p_message_text="3rd",
+                                  p_recipient_roles=["attendee"]), "PT429")
+        assert_unread_exact(db)
+    finally:
+        db.close()
+
