@@ -1,0 +1,165 @@
+"""The DM matrix and the reply rule, through the functions and through direct table writes."""
+
+from __future__ import annotations
+
+import itertools
+
+import psycopg
+import pytest
+
+from tests.messaging.conftest import ROLES, Db
+from tests.messaging.helpers import exact_unread, refused, stored_unread
+
+# who may START a DM with whom (DESIGN.md)
+MATRIX = {
+    ("attendee", "mvp_dealer"),
+    ("mvp_dealer", "attendee"), ("mvp_dealer", "dealer"), ("mvp_dealer", "show_organizer"),
+    ("show_organizer", "attendee"), ("show_organizer", "dealer"),
+    ("show_organizer", "mvp_dealer"), ("show_organizer", "show_organizer"),
+    ("show_organizer", "admin"),
+}
+PAIRS = list(itertools.product(ROLES, ROLES))
+
+
+def test_matrix_has_25_pairs() -> None:
+    assert len(PAIRS) == 25
+
+
+def test_all_25_pairs_through_send_direct_message(v2db: Db) -> None:
+    outcomes = {}
+    for sender_role, recipient_role in PAIRS:
+        sender = v2db.make_user(sender_role)
+        recipient = v2db.make_user(recipient_role)
+        api = v2db.as_user(sender)
+        assert api.rpc1("can_user_send_dm", p_sender_id=sender, p_recipient_id=recipient) is (
+            (sender_role, recipient_role) in MATRIX
+        )
+        try:
+            message_id = api.rpc1(
+                "send_direct_message", p_recipient_id=recipient, p_message_text="hello"
+            )
+        except psycopg.Error as exc:
+            assert exc.sqlstate == "PT403", exc
+            outcomes[(sender_role, recipient_role)] = False
+            assert v2db.val(
+                "select count(*) from public.conversation_participants where user_id = %s",
+                (sender,)) == 0
+            continue
+        outcomes[(sender_role, recipient_role)] = True
+        conv = v2db.val("select conversation_id from public.messages where id = %s", (message_id,))
+        assert v2db.val("select type from public.conversations where id = %s", (conv,)) == "direct"
+        assert stored_unread(v2db, conv, recipient) == 1 == exact_unread(v2db, conv, recipient)
+        # A second message reuses the conversation.
+        again = api.rpc1("send_direct_message", p_recipient_id=recipient, p_message_text="again")
+        assert v2db.val("select conversation_id from public.messages where id = %s", (again,)) == conv
+    assert {pair for pair, ok in outcomes.items() if ok} == MATRIX
+
+
+@pytest.mark.parametrize("sender_role", ROLES)
+def test_direct_table_creation_of_conversations_is_refused(v2db: Db, sender_role: str) -> None:
+    """Old builds started conversations by inserting rows; v2 routes that through the function."""
+    sender = v2db.make_user(sender_role)
+    api = v2db.as_user(sender)
+    refused(lambda: api.sql("insert into public.conversations (type) values ('direct')"), "42501")
+    conv = v2db.val("insert into public.conversations (type) values ('direct') returning id")
+    refused(lambda: api.sql(
+        "insert into public.conversation_participants (conversation_id, user_id) values (%s, %s)",
+        (conv, sender)), "42501")
+
+
+def test_all_25_pairs_through_direct_table_inserts(v2db: Db) -> None:
+    """Old-build path: once a conversation exists, a direct insert follows the reply rule for
+    both sides, and a user outside the conversation can never insert into it."""
+    for sender_role, recipient_role in PAIRS:
+        sender = v2db.make_user(sender_role)
+        recipient = v2db.make_user(recipient_role)
+        outsider = v2db.make_user(sender_role)
+        conv = v2db.val("insert into public.conversations (type) values ('direct') returning id")
+        v2db.q("insert into public.conversation_participants (conversation_id, user_id) "
+               "values (%s, %s), (%s, %s)", (conv, sender, conv, recipient))
+        insert = ("insert into public.messages (conversation_id, sender_id, message_text, "
+                  "read_by_user_ids) values (%s, %s, 'direct', array[%s]::uuid[]) returning id")
+        for user, role in ((sender, sender_role), (recipient, recipient_role)):
+            api = v2db.as_user(user)
+            if role == "dealer":
+                refused(lambda api=api, user=user: api.sql(insert, (conv, user, user)), "42501")
+            else:
+                api.sql(insert, (conv, user, user))
+        refused(lambda: v2db.as_user(outsider).sql(insert, (conv, outsider, outsider)), "42501")
+        for user in (sender, recipient):
+            assert stored_unread(v2db, conv, user) == exact_unread(v2db, conv, user)
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_reply_by_role(v2db: Db, role: str) -> None:
+    organizer = v2db.make_user("show_organizer")
+    user = v2db.make_user(role)
+    v2db.as_user(organizer).rpc1("send_direct_message", p_recipient_id=user, p_message_text="hi")
+    conv = v2db.val("select conversation_id from public.conversation_participants "
+                    "where user_id = %s", (user,))
+    api = v2db.as_user(user)
+    may = role != "dealer"
+    assert api.rpc1("can_user_reply", p_user_id=user, p_conversation_id=conv) is may
+    if may:
+        api.rpc1("send_message", p_conversation_id=conv, p_message_text="thanks")
+        api.rpc1("send_direct_message", p_recipient_id=organizer, p_message_text="and again")
+    else:
+        refused(lambda: api.rpc1("send_message", p_conversation_id=conv,
+                                 p_message_text="thanks"), "PT403")
+        refused(lambda: api.rpc1("send_direct_message", p_recipient_id=organizer,
+                                 p_message_text="thanks"), "PT403")
+
+
+def test_non_participant_cannot_send_or_read(v2db: Db) -> None:
+    a, m, x = v2db.make_user("attendee"), v2db.make_user("mvp_dealer"), v2db.make_user("attendee")
+    v2db.as_user(a).rpc1("send_direct_message", p_recipient_id=m, p_message_text="hi")
+    conv = v2db.val("select conversation_id from public.conversation_participants "
+                    "where user_id = %s", (a,))
+    api = v2db.as_user(x)
+    refused(lambda: api.rpc1("send_message", p_conversation_id=conv, p_message_text="x"), "PT403")
+    refused(lambda: api.rpc("get_conversation_messages", p_conversation_id=conv), "PT403")
+    refused(lambda: api.rpc("mark_conversation_read", p_conversation_id=conv), "PT403")
+    assert api.sql("select * from public.messages where conversation_id = %s", (conv,)) == []
+    assert api.sql("select * from public.conversations where id = %s", (conv,)) == []
+    assert api.sql("select * from public.conversation_participants "
+                   "where conversation_id = %s", (conv,)) == []
+    # A non-participant learns nothing about another user's reply rights either.
+    assert api.rpc1("can_user_reply", p_user_id=a, p_conversation_id=conv) is False
+
+
+@pytest.mark.parametrize("text", ["", "   ", "x" * 1001, None])
+def test_message_text_is_validated(v2db: Db, text: str | None) -> None:
+    a, m = v2db.make_user("attendee"), v2db.make_user("mvp_dealer")
+    api = v2db.as_user(a)
+    refused(lambda: api.rpc1("send_direct_message", p_recipient_id=m, p_message_text=text),
+            "PT400")
+
+
+def test_message_text_is_trimmed_and_1000_chars_allowed(v2db: Db) -> None:
+    a, m = v2db.make_user("attendee"), v2db.make_user("mvp_dealer")
+    api = v2db.as_user(a)
+    mid = api.rpc1("send_direct_message", p_recipient_id=m, p_message_text="  " + "y" * 1000 + " ")
+    assert v2db.val("select message_text from public.messages where id = %s", (mid,)) == "y" * 1000
+
+
+def test_recipient_checks(v2db: Db) -> None:
+    a = v2db.make_user("show_organizer")
+    api = v2db.as_user(a)
+    refused(lambda: api.rpc1("send_direct_message", p_recipient_id=a, p_message_text="me"), "PT400")
+    refused(lambda: api.rpc1("send_direct_message",
+                             p_recipient_id="00000000-0000-4000-8000-000000000000",
+                             p_message_text="nobody"), "PT404")
+
+
+def test_deleted_user_gets_nothing(v2db: Db) -> None:
+    a, m = v2db.make_user("attendee"), v2db.make_user("mvp_dealer")
+    v2db.as_user(a).rpc1("send_direct_message", p_recipient_id=m, p_message_text="hi")
+    v2db.q("delete from auth.users where id = %s", (a,))
+    api = v2db.as_user(a)  # the JWT is still valid for a while
+    assert api.rpc("get_user_conversations") == []
+    assert api.rpc1("get_total_unread_count") == 0
+    assert api.sql("select * from public.messages") == []
+    assert api.sql("select * from public.conversations") == []
+    refused(lambda: api.rpc1("send_direct_message", p_recipient_id=m, p_message_text="x"), "PT403")
+    refused(lambda: api.rpc1("send_broadcast", p_show_id="60000000-0000-4000-8000-000000000001",
+                             p_message_text="x", p_recipient_roles=["attendee"]), "PT403")
