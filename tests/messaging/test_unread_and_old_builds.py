@@ -1,0 +1,143 @@
+"""Exact unread counts, and today's app builds writing the tables directly under v2."""
+
+from __future__ import annotations
+
+import threading
+
+import psycopg
+
+from tests.messaging.conftest import Api, Db
+from tests.messaging.helpers import assert_unread_exact, exact_unread, refused, stored_unread
+
+
+def pair(db: Db) -> tuple[str, str, str]:
+    a, m = db.make_user("attendee"), db.make_user("mvp_dealer")
+    db.as_user(a).rpc1("send_direct_message", p_recipient_id=m, p_message_text="hi")
+    conv = str(db.val("select conversation_id from public.conversation_participants "
+                      "where user_id = %s", (a,)))
+    return a, m, conv
+
+
+def test_unread_counts_and_mark_read_via_functions(v2db: Db) -> None:
+    a, m, conv = pair(v2db)
+    for i in range(3):
+        v2db.as_user(m).rpc1("send_message", p_conversation_id=conv, p_message_text=f"m{i}")
+    assert v2db.as_user(a).rpc1("get_total_unread_count") == 3
+    assert v2db.as_user(m).rpc1("get_total_unread_count") == 1
+    v2db.as_user(a).rpc("mark_conversation_read", p_conversation_id=conv)
+    assert v2db.as_user(a).rpc1("get_total_unread_count") == 0
+    assert exact_unread(v2db, conv, a) == 0
+    assert_unread_exact(v2db)
+
+
+def old_build_send(api: Api, conv: str, user: str, text: str) -> None:
+    api.sql("insert into public.messages (conversation_id, sender_id, message_text, "
+            "read_by_user_ids) values (%s, %s, %s, array[%s]::uuid[])", (conv, user, text, user))
+
+
+def old_build_mark_read(api: Api, conv: str, user: str) -> None:
+    api.sql("update public.messages set read_by_user_ids = array_append(read_by_user_ids, %s) "
+            "where conversation_id = %s and not (%s = any(read_by_user_ids))", (user, conv, user))
+    api.sql("update public.conversation_participants set unread_count = 0 "
+            "where conversation_id = %s and user_id = %s", (conv, user))
+
+
+def state(db: Db, conv: str, attendee: str) -> tuple:
+    """Last message, the attendee's and the MVP's unread counts, read-state per message."""
+    return db.q(
+        "select c.last_message_text, "
+        "(select array_agg(cp.unread_count order by cp.user_id = %s) "
+        " from public.conversation_participants cp where cp.conversation_id = c.id), "
+        "(select array_agg(cardinality(m.read_by_user_ids) order by m.created_at, m.id) "
+        " from public.messages m where m.conversation_id = c.id) "
+        "from public.conversations c where c.id = %s", (attendee, conv))[0]
+
+
+def test_old_build_direct_calls_end_in_the_same_state_as_functions(v2db: Db) -> None:
+    a1, m1, conv1 = pair(v2db)
+    a2, m2, conv2 = pair(v2db)
+    # Same conversation of events, one through functions, one as an old build.
+    for i in range(3):
+        v2db.as_user(m1).rpc1("send_message", p_conversation_id=conv1, p_message_text=f"t{i}")
+        old_build_send(v2db.as_user(m2), conv2, m2, f"t{i}")
+    assert state(v2db, conv1, a1) == state(v2db, conv2, a2)
+    assert stored_unread(v2db, conv1, a1) == stored_unread(v2db, conv2, a2) == 3
+    v2db.as_user(a1).rpc("mark_conversation_read", p_conversation_id=conv1)
+    old_build_mark_read(v2db.as_user(a2), conv2, a2)
+    assert state(v2db, conv1, a1) == state(v2db, conv2, a2)
+    assert stored_unread(v2db, conv1, a1) == stored_unread(v2db, conv2, a2) == 0
+    assert v2db.val("select last_message_text from public.conversations where id = %s",
+                    (conv2,)) == "t2"
+    # Old build marking read by only resetting the counter also marks the messages read.
+    old_build_send(v2db.as_user(m2), conv2, m2, "t3")
+    v2db.as_user(a2).sql("update public.conversation_participants set unread_count = 0 "
+                         "where conversation_id = %s and user_id = %s", (conv2, a2))
+    assert exact_unread(v2db, conv2, a2) == 0
+    assert_unread_exact(v2db)
+
+
+def test_old_build_reads_its_conversations_participants_and_messages(v2db: Db) -> None:
+    a, m, conv = pair(v2db)
+    api = v2db.as_user(a)
+    assert [r[0] for r in api.sql("select id::text from public.conversations")] == [conv]
+    assert {r[0] for r in api.sql("select user_id::text from public.conversation_participants")} \
+        == {a, m}
+    assert len(api.sql("select * from public.messages")) == 1
+
+
+def test_old_build_insert_is_normalised(v2db: Db) -> None:
+    a, m, conv = pair(v2db)
+    api = v2db.as_user(m)
+    api.sql("insert into public.messages (conversation_id, sender_id, message_text, created_at, "
+            "read_by_user_ids) values (%s, %s, '  padded  ', '2001-01-01', array[%s]::uuid[])",
+            (conv, m, a))
+    row = v2db.q("select message_text, created_at > now() - interval '1 hour', read_by_user_ids "
+                 "from public.messages where sender_id = %s", (m,))[0]
+    assert row[0] == "padded" and row[1] is True and [str(u) for u in row[2]] == [m]
+    assert stored_unread(v2db, conv, a) == 1
+    refused(lambda: api.sql("insert into public.messages (conversation_id, sender_id, "
+                            "message_text) values (%s, %s, '   ')", (conv, m)), "PT400")
+
+
+def test_exact_unread_counts_under_50_concurrent_sends(v2db: Db) -> None:
+    a, m, conv = pair(v2db)
+    third = v2db.make_user("show_organizer")
+    v2db.q("insert into public.conversation_participants (conversation_id, user_id) "
+           "values (%s, %s)", (conv, third))
+    senders = [a, m, third]
+    apis = [Api(psycopg.connect(v2db.url, autocommit=True), senders[i % 3]) for i in range(50)]
+    barrier = threading.Barrier(50)
+    errors: list[BaseException] = []
+
+    def run(i: int, api: Api) -> None:
+        barrier.wait()
+        try:
+            if i % 2:
+                api.rpc1("send_message", p_conversation_id=conv, p_message_text=f"c{i}")
+            else:
+                old_build_send(api, conv, api.user_id or "", f"c{i}")
+            if i % 7 == 0:
+                api.rpc("mark_conversation_read", p_conversation_id=conv)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i, api)) for i, api in enumerate(apis)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+    finally:
+        for api in apis:
+            api.conn.close()
+    assert errors == []
+    assert v2db.val("select count(*) from public.messages where conversation_id = %s",
+                    (conv,)) == 51
+    assert_unread_exact(v2db)
+    # The conversation shows the newest message (ties in created_at may pick either).
+    assert v2db.val(
+        "select c.last_message_timestamp = (select max(created_at) from public.messages m "
+        "where m.conversation_id = c.id) and exists (select 1 from public.messages m "
+        "where m.conversation_id = c.id and m.created_at = c.last_message_timestamp "
+        "and m.message_text = c.last_message_text) from public.conversations c where c.id = %s",
+        (conv,)) is True
