@@ -57,14 +57,17 @@ def apply_file(url: str, path: Path) -> None:
 class Api:
     """A signed-in user calling the database through PostgREST (role `authenticated`)."""
 
-    def __init__(self, conn: psycopg.Connection, user_id: str | None) -> None:
+    def __init__(
+        self, conn: psycopg.Connection, user_id: str | None, role: str = "authenticated"
+    ) -> None:
         self.conn = conn
         self.user_id = user_id
+        self.role = role
 
     def sql(self, query: str, params: Any = None) -> list[tuple[Any, ...]]:
         with self.conn.transaction():
-            self.conn.execute("set local role authenticated")
-            claims = {"sub": self.user_id, "role": "authenticated"} if self.user_id else {}
+            self.conn.execute(sql.SQL("set local role {}").format(sql.Identifier(self.role)))
+            claims = {"sub": self.user_id, "role": self.role} if self.user_id else {"role": self.role}
             self.conn.execute(
                 "select set_config('request.jwt.claims', %s, true)", (json.dumps(claims),)
             )
