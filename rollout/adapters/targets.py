@@ -1,0 +1,217 @@
+"""Targets: where a plan goes. One interface, two kinds (the embedded local stack, Supabase).
+
+Steps only ever talk to a `Target`: the database URL for SQL, and three services —
+functions (deploy / rollback), function secrets, and the scheduler — plus the URLs and keys
+that smoke and load checks use as the app would.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+import httpx
+
+from rollout.adapters.local_stack.stack import LocalStack, bundle_digest
+from rollout.errors import StackError, TargetError
+
+
+class Functions(Protocol):
+    def deploy(self, names: list[str], functions_dir: Path, keep_dir: Path) -> dict[str, Any]: ...
+    def rollback(self, record: dict[str, Any]) -> dict[str, Any]: ...
+    def live(self) -> dict[str, int]: ...
+
+
+class FunctionSecrets(Protocol):
+    def digests(self) -> dict[str, str]: ...
+    def set(self, values: dict[str, str]) -> None: ...
+    def unset(self, names: list[str]) -> None: ...
+
+
+class Scheduler(Protocol):
+    def schedule(self, job: str, cron: str, function: str, body: dict[str, Any]) -> str: ...
+    def unschedule(self, job: str) -> bool: ...
+    def status(self, job: str) -> dict[str, Any]: ...
+
+
+class Target(Protocol):
+    kind: str
+    name: str
+    functions: Functions
+    secrets: FunctionSecrets
+    scheduler: Scheduler
+
+    def prepare(self) -> None: ...
+    def reachable(self) -> bool: ...
+    @property
+    def db_url(self) -> str: ...
+    @property
+    def api_url(self) -> str: ...
+    @property
+    def anon_key(self) -> str: ...
+    @property
+    def service_role_key(self) -> str: ...
+    @property
+    def jwt_secret(self) -> str: ...
+    def pg_tool(self, name: str) -> str: ...
+    def secret_values(self) -> set[str]: ...
+
+
+def sha256_text(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+# ---- local ---------------------------------------------------------------------------------
+
+
+class LocalFunctions:
+    def __init__(self, stack: LocalStack) -> None:
+        self.stack = stack
+
+    def deploy(self, names: list[str], functions_dir: Path, keep_dir: Path) -> dict[str, Any]:
+        record: dict[str, Any] = {}
+        for name in names:
+            previous = self.stack.deployed().get(name)
+            worker = self.stack.deploy_function(name, functions_dir)
+            record[name] = {
+                "previous_version": previous.version if previous else None,
+                "version": worker.version,
+                "digest": bundle_digest(functions_dir, name),
+            }
+        return record
+
+    def rollback(self, record: dict[str, Any]) -> dict[str, Any]:
+        done: dict[str, Any] = {}
+        for name, entry in record.items():
+            previous = entry.get("previous_version")
+            if previous:
+                self.stack.activate_version(name, int(previous))
+                done[name] = f"version {previous} live again"
+            else:
+                self.stack.remove_function(name)
+                done[name] = "deleted (it did not exist before)"
+        return done
+
+    def live(self) -> dict[str, int]:
+        return {name: worker.version for name, worker in self.stack.deployed().items()}
+
+
+class LocalSecrets:
+    def __init__(self, stack: LocalStack) -> None:
+        self.stack = stack
+
+    def digests(self) -> dict[str, str]:
+        return {k: sha256_text(v) for k, v in self.stack.function_secrets().items()}
+
+    def set(self, values: dict[str, str]) -> None:
+        self.stack.set_function_secrets({**self.stack.function_secrets(), **values})
+        self._restart_workers()
+
+    def unset(self, names: list[str]) -> None:
+        current = self.stack.function_secrets()
+        self.stack.set_function_secrets({k: v for k, v in current.items() if k not in names})
+        self._restart_workers()
+
+    def _restart_workers(self) -> None:
+        # Functions read their secrets at start, as on the hosted runtime's next cold start.
+        for name, worker in self.stack.deployed().items():
+            self.stack.activate_version(name, worker.version)
+
+
+class LocalScheduler:
+    """Cron jobs run by the local gateway: each POSTs to a function with the service-role key."""
+
+    def __init__(self, stack: LocalStack) -> None:
+        self.stack = stack
+
+    def schedule(self, job: str, cron: str, function: str, body: dict[str, Any]) -> str:
+        jobs = self.stack.schedules()
+        wanted = {"name": job, "schedule": cron, "function": function, "body": body}
+        existing = next((j for j in jobs if j["name"] == job), None)
+        if existing == wanted:
+            return "unchanged"
+        jobs = [j for j in jobs if j["name"] != job] + [wanted]
+        self.stack.set_schedules(jobs)
+        return "updated" if existing else "created"
+
+    def unschedule(self, job: str) -> bool:
+        jobs = self.stack.schedules()
+        kept = [j for j in jobs if j["name"] != job]
+        self.stack.set_schedules(kept)
+        return len(kept) != len(jobs)
+
+    def status(self, job: str) -> dict[str, Any]:
+        found = next((j for j in self.stack.schedules() if j["name"] == job), None)
+        return {"job": found, "runs": self.stack.cron_runs(job)[-10:]}
+
+
+class LocalTarget:
+    kind = "local"
+    name = "local"
+
+    def __init__(self, stack: LocalStack | None = None) -> None:
+        self.stack = stack or LocalStack()
+        self.functions = LocalFunctions(self.stack)
+        self.secrets = LocalSecrets(self.stack)
+        self.scheduler = LocalScheduler(self.stack)
+
+    def prepare(self) -> None:
+        self.stack.up()
+
+    def reachable(self) -> bool:
+        return self.stack.is_up()
+
+    @property
+    def db_url(self) -> str:
+        return self.stack.db_url
+
+    @property
+    def api_url(self) -> str:
+        return self.stack.api_url
+
+    @property
+    def anon_key(self) -> str:
+        return self.stack.secret("anon_key")
+
+    @property
+    def service_role_key(self) -> str:
+        return self.stack.secret("service_role_key")
+
+    @property
+    def jwt_secret(self) -> str:
+        return self.stack.secret("jwt_secret")
+
+    def pg_tool(self, name: str) -> str:
+        return str(self.stack.postgres.bin_dir / name)
+
+    def secret_values(self) -> set[str]:
+        try:
+            values = {self.anon_key, self.service_role_key, self.jwt_secret}
+        except StackError:
+            return set()
+        return values | set(self.stack.function_secrets().values())
+
+
+def wait_healthy(url: str, timeout: float = 15) -> float:
+    """GET `url` until it answers 200; returns the latency of the good answer in ms."""
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        began = time.monotonic()
+        try:
+            response = httpx.get(url, timeout=5)
+            if response.status_code == 200:
+                return (time.monotonic() - began) * 1000
+            last = f"HTTP {response.status_code}"
+        except httpx.HTTPError as err:
+            last = type(err).__name__
+        time.sleep(0.2)
+    raise TargetError(f"{url} is not healthy after {timeout:.0f}s ({last})")
+
+
+def copy_tree(source: Path, target: Path) -> None:
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(source, target)

@@ -1,0 +1,248 @@
+"""The release commands: plan, apply, rollback, status, history, approve, unlock."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+
+import typer
+from rich.table import Table
+
+from rollout.cli.app import app, err, out
+from rollout.cli.render import HumanRenderer, JsonRenderer
+from rollout.engine.journal import Journal
+from rollout.engine.plan import Plan, load_plan, plan_json_schema
+from rollout.engine.runner import Engine, Options, operator_name
+from rollout.engine.targets import build_target
+from rollout.errors import UsageError
+
+PLAN_ARG = typer.Argument(..., help="A plan file, e.g. plans/local.yaml.", show_default=False)
+JSON_OPT = typer.Option(False, "--json", help="Print one JSON document on stdout instead.")
+YES_OPT = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation.")
+
+STATE_STYLE = {"pending": "[yellow]pending[/yellow]", "applied": "[cyan]applied[/cyan]",
+               "changed": "[magenta]changed[/magenta]", "disabled": "[dim]disabled[/dim]",
+               "always": "[blue]runs each time[/blue]"}
+
+
+def _load(path: str) -> Plan:
+    return load_plan(Path(path))
+
+
+def _engine(plan: Plan, json_output: bool) -> tuple[Engine, JsonRenderer | None]:
+    renderer = JsonRenderer() if json_output else None
+    sink = renderer if renderer is not None else HumanRenderer(out)
+    return Engine(plan, build_target(plan), sink), renderer
+
+
+def _confirm_production(plan: Plan, yes: bool, verb: str) -> None:
+    if not plan.model.production or yes:
+        return
+    if not sys.stdin.isatty():
+        raise UsageError(f"{plan.path} targets production: pass --yes to {verb} without a prompt")
+    typed = typer.prompt(f"This will {verb} {plan.name} on PRODUCTION. "
+                         f"Type the environment name ({plan.environment}) to continue")
+    if typed.strip() != plan.environment:
+        raise UsageError("the environment name did not match: nothing was changed")
+
+
+def _sigterm_as_interrupt() -> None:
+    """SIGTERM stops a run the way Ctrl-C does: cleanly, maintenance lifted."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def _interactive_approver(engine: Engine) -> object:
+    def ask(run_id: str, step_id: str, message: str, timeout: float) -> None:
+        def prompt() -> None:
+            try:
+                answer = input(f"{message} approve step {step_id}? [y/N] ")
+            except EOFError:
+                return
+            if answer.strip().lower() in ("y", "yes"):
+                engine.approve(run_id, step_id, operator_name())
+
+        threading.Thread(target=prompt, daemon=True).start()
+
+    return ask
+
+
+@app.command("plan")
+def plan_command(
+    plan: str = PLAN_ARG,
+    json_output: bool = JSON_OPT,
+) -> None:
+    """Validate PLAN and show what `apply` would do, step by step, against the target's state.
+
+    Steps already applied show as such. Exit 2 when the plan is invalid.
+    `rollout plan schema` prints the JSON Schema of plan files (for editors).
+    """
+    if plan == "schema" and not Path(plan).exists():
+        print(json.dumps(plan_json_schema(), indent=2))
+        return
+    loaded = _load(plan)
+    engine, _ = _engine(loaded, json_output)
+    views = engine.view()
+    if json_output:
+        print(json.dumps({"plan": loaded.name, "environment": loaded.environment,
+                          "checksum": loaded.checksum,
+                          "steps": [view.__dict__ for view in views]}, indent=2))
+        return
+    table = Table("#", "step", "kind", "state", "on failure", "what it does",
+                  title=f"{loaded.name} → {loaded.environment} ({loaded.model.target.kind})")
+    for i, view in enumerate(views, 1):
+        table.add_row(str(i), view.id, view.kind, STATE_STYLE.get(view.state, view.state),
+                      view.on_failure, engine.masker.text(view.description))
+    out.print(table)
+
+
+@app.command()
+def apply(
+    plan: str = PLAN_ARG,
+    dry_run: bool = typer.Option(False, "--dry-run", help="Show what would run; change nothing."),
+    yes: bool = YES_OPT,
+    from_step: str = typer.Option(None, "--from", help="Start at this step id."),
+    to_step: str = typer.Option(None, "--to", help="Stop after this step id."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run."),
+    json_output: bool = JSON_OPT,
+) -> None:
+    """Run PLAN: backup, maintenance window, migration, functions, cron, flags, checks.
+
+    Steps already applied are skipped, so running it again is safe. On a failure the plan's
+    `on_failure` decides: stop (default), rollback, or continue. Exit codes: 0 done, 1 a step
+    failed (stopped or rolled back cleanly), 2 invalid plan or usage, 3 rollback failed.
+    """
+    loaded = _load(plan)
+    if dry_run:
+        plan_command(plan, json_output)
+        return
+    _confirm_production(loaded, yes, "apply")
+    engine, renderer = _engine(loaded, json_output)
+    _sigterm_as_interrupt()
+    approver = None if json_output or not sys.stdin.isatty() else _interactive_approver(engine)
+    result = engine.apply(Options(from_step=from_step, to_step=to_step, resume=resume,
+                                  approver=approver))  # type: ignore[arg-type]
+    if renderer is not None:
+        print(renderer.document())
+    raise typer.Exit(result.exit_code)
+
+
+@app.command()
+def rollback(
+    plan: str = PLAN_ARG,
+    to_step: str = typer.Option(None, "--to", help="Undo only the steps after this one."),
+    yes: bool = YES_OPT,
+    json_output: bool = JSON_OPT,
+) -> None:
+    """Undo PLAN's applied steps, newest first (functions, cron, flags, migration…).
+
+    The maintenance window is always lifted at the end. Exit 3 when a step cannot be undone:
+    the journal (`rollout status`) then says where it stopped.
+    """
+    loaded = _load(plan)
+    _confirm_production(loaded, yes, "roll back")
+    engine, renderer = _engine(loaded, json_output)
+    _sigterm_as_interrupt()
+    result = engine.rollback(to_step, Options())
+    if renderer is not None:
+        print(renderer.document())
+    raise typer.Exit(result.exit_code)
+
+
+def _journal_for(plan: str) -> tuple[Plan, Journal]:
+    loaded = _load(plan)
+    target = build_target(loaded)
+    if not target.reachable():
+        raise UsageError(f"the {loaded.model.target.kind} target of {plan} is not running",
+                         hint="`rollout local up` starts the local stack")
+    journal = Journal(target.db_url)
+    if not journal.exists():
+        raise UsageError(f"{loaded.environment}: nothing has been run there yet")
+    return loaded, journal
+
+
+@app.command()
+def status(plan: str = PLAN_ARG, json_output: bool = JSON_OPT) -> None:
+    """The environment's state from the journal: each step, last run, lock holder."""
+    loaded, journal = _journal_for(plan)
+    states = journal.states(loaded.environment)
+    runs = journal.runs(loaded.environment, limit=1)
+    holder = journal.lock_holder(loaded.environment)
+    if json_output:
+        print(json.dumps({"environment": loaded.environment,
+                          "steps": {k: v.__dict__ for k, v in states.items()},
+                          "last_run": runs[0].__dict__ if runs else None,
+                          "lock": holder}, default=str, indent=2))
+        return
+    table = Table("step", "kind", "state", "run", "updated", title=loaded.environment)
+    for planned in loaded.steps:
+        state = states.get(planned.spec.id)
+        table.add_row(planned.spec.id, planned.spec.kind, state.status if state else "-",
+                      state.run_id[:8] if state else "-",
+                      f"{state.updated_at:%Y-%m-%d %H:%M:%S}" if state else "-")
+    out.print(table)
+    if runs:
+        run = runs[0]
+        out.print(f"last run {run.id[:8]}: {run.command} {run.status} by {run.operator}@"
+                  f"{run.host} at {run.started_at:%Y-%m-%d %H:%M:%S} UTC"
+                  + (f" — {run.message}" if run.message else ""))
+    if holder:
+        out.print(f"[yellow]locked by run {str(holder['run_id'])[:8]} ({holder['operator']}@"
+                  f"{holder['host']}) since {holder['since']:%H:%M:%S}[/yellow]")
+
+
+@app.command()
+def history(plan: str = PLAN_ARG, limit: int = typer.Option(20, help="How many runs."),
+            json_output: bool = JSON_OPT) -> None:
+    """Past runs on the plan's environment: who, when, from which commit, with what result."""
+    loaded, journal = _journal_for(plan)
+    runs = journal.runs(loaded.environment, limit)
+    if json_output:
+        print(json.dumps([r.__dict__ for r in runs], default=str, indent=2))
+        return
+    table = Table("run", "command", "status", "operator", "started", "commit", "message")
+    for run in runs:
+        table.add_row(run.id[:8], run.command, run.status, f"{run.operator}@{run.host}",
+                      f"{run.started_at:%Y-%m-%d %H:%M:%S}", (run.git_commit or "-")[:12],
+                      run.message or "")
+    out.print(table)
+
+
+@app.command()
+def approve(
+    plan: str = PLAN_ARG,
+    run: str = typer.Argument(..., help="Run id (or its first characters)."),
+    step: str = typer.Argument(..., help="The gate's step id."),
+) -> None:
+    """Approve a waiting gate of a running apply (from another shell)."""
+    _, journal = _journal_for(plan)
+    found = journal.find_run(run)
+    journal.approve(found.id, step, operator_name())
+    out.print(f"approved {step} of run {found.id[:8]} as {operator_name()}")
+
+
+@app.command()
+def unlock(
+    plan: str = PLAN_ARG,
+    force: bool = typer.Option(False, "--force", help="Required: ends the holder's session."),
+) -> None:
+    """Free the environment's lock held by a dead or stuck run (shows the holder first)."""
+    loaded, journal = _journal_for(plan)
+    holder = journal.lock_holder(loaded.environment)
+    if holder is None:
+        out.print(f"{loaded.environment} is not locked")
+        return
+    out.print(f"held by run {str(holder['run_id'])[:8]} ({holder['operator']}@{holder['host']}, "
+              f"backend pid {holder['pid']}) since {holder['since']}")
+    if not force:
+        err.print("[red]pass --force to end that session and free the lock[/red]")
+        raise typer.Exit(2)
+    journal.force_unlock(loaded.environment)
+    out.print(f"[green]{loaded.environment} unlocked[/green]")

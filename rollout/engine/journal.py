@@ -1,0 +1,330 @@
+"""The journal (schema `rollout` in the target database) and the per-environment lock.
+
+Runs and step events are written on their own autocommit connection, so they survive a failing
+step. `step_state` is the environment's current truth: which steps are applied, with the detail
+their rollback needs. The lock is a session advisory lock held by a dedicated connection for the
+whole run: a crash (even SIGKILL) drops the connection and with it the lock; `rollout.locks`
+says who holds it, for the refusal message.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from rollout.adapters.database import connect
+from rollout.engine.events import Masker
+from rollout.errors import LockHeld, TargetError
+
+SCHEMA_SQL = """
+create schema if not exists rollout;
+comment on schema rollout is 'rollout''s journal: runs, step events, applied state, lock holders.';
+revoke all on schema rollout from public;
+create table if not exists rollout.runs (
+  id uuid primary key,
+  environment text not null,
+  command text not null,
+  plan_name text not null,
+  plan_path text not null,
+  plan_checksum text not null,
+  git_commit text,
+  operator text not null,
+  host text not null,
+  status text not null,
+  started_at timestamptz not null default now(),
+  finished_at timestamptz,
+  message text
+);
+create index if not exists runs_environment_started on rollout.runs (environment, started_at desc);
+create table if not exists rollout.step_events (
+  id bigserial primary key,
+  run_id uuid not null references rollout.runs (id),
+  step_id text not null,
+  kind text not null,
+  action text not null,
+  status text not null,
+  at timestamptz not null default now(),
+  seconds double precision,
+  detail jsonb not null default '{}'::jsonb,
+  error text
+);
+create index if not exists step_events_run on rollout.step_events (run_id, id);
+create table if not exists rollout.step_state (
+  environment text not null,
+  step_id text not null,
+  kind text not null,
+  status text not null,
+  fingerprint text not null,
+  run_id uuid not null,
+  detail jsonb not null default '{}'::jsonb,
+  updated_at timestamptz not null default now(),
+  primary key (environment, step_id)
+);
+create table if not exists rollout.locks (
+  environment text primary key,
+  run_id uuid,
+  operator text,
+  host text,
+  pid int,
+  since timestamptz not null default now()
+);
+create table if not exists rollout.approvals (
+  run_id uuid not null,
+  step_id text not null,
+  approved_by text not null,
+  approved_at timestamptz not null default now(),
+  primary key (run_id, step_id)
+);
+create table if not exists rollout.confirmations (
+  environment text not null,
+  item text not null,
+  plan_checksum text not null,
+  confirmed_by text not null,
+  confirmed_at timestamptz not null default now(),
+  primary key (environment, item, plan_checksum)
+);
+"""
+
+
+@dataclass
+class RunInfo:
+    id: str
+    environment: str
+    command: str
+    plan_name: str
+    plan_path: str
+    plan_checksum: str
+    git_commit: str | None
+    operator: str
+    host: str
+    status: str
+    started_at: datetime
+    finished_at: datetime | None
+    message: str | None
+
+
+@dataclass
+class StepState:
+    step_id: str
+    kind: str
+    status: str
+    fingerprint: str
+    run_id: str
+    detail: dict[str, Any]
+    updated_at: datetime
+
+
+def lock_key(environment: str) -> str:
+    return f"rollout:{environment}"
+
+
+class Journal:
+    def __init__(self, url: str, masker: Masker | None = None) -> None:
+        self.url = url
+        self.masker = masker or Masker()
+        self._conn: psycopg.Connection[Any] | None = None
+
+    # ---- connection ------------------------------------------------------------------------
+
+    @property
+    def conn(self) -> psycopg.Connection[Any]:
+        if self._conn is None or self._conn.closed:
+            try:
+                self._conn = psycopg.connect(self.url, autocommit=True, connect_timeout=10)
+            except psycopg.OperationalError as err:
+                raise TargetError(f"cannot reach the journal database: "
+                                  f"{str(err).strip().splitlines()[0]}") from err
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+
+    def exists(self) -> bool:
+        row = self.conn.execute("select to_regclass('rollout.step_state')").fetchone()
+        return bool(row and row[0])
+
+    def ensure_schema(self) -> None:
+        self.conn.execute("select pg_advisory_lock(hashtext('rollout:journal-schema'))")
+        try:
+            self.conn.execute(SCHEMA_SQL.encode())
+        finally:
+            self.conn.execute("select pg_advisory_unlock(hashtext('rollout:journal-schema'))")
+
+    # ---- lock --------------------------------------------------------------------------------
+
+    @contextmanager
+    def lock(self, environment: str, run_id: str, operator: str, host: str) -> Iterator[None]:
+        """Hold the environment's advisory lock for the block, or refuse naming the holder."""
+        holder = psycopg.connect(self.url, autocommit=True, connect_timeout=10)
+        try:
+            row = holder.execute("select pg_try_advisory_lock(hashtextextended(%s, 0))",
+                                 (lock_key(environment),)).fetchone()
+            if not row or not row[0]:
+                raise LockHeld(self._holder_message(environment),
+                               hint=f"wait for it, or if it is dead: rollout unlock {environment} "
+                                    "--force")
+            holder.execute(
+                "insert into rollout.locks (environment, run_id, operator, host, pid, since) "
+                "values (%s, %s, %s, %s, pg_backend_pid(), now()) on conflict (environment) do "
+                "update set run_id = excluded.run_id, operator = excluded.operator, "
+                "host = excluded.host, pid = excluded.pid, since = excluded.since",
+                (environment, run_id, operator, host))
+            yield
+        finally:
+            try:
+                holder.execute("delete from rollout.locks where environment = %s and pid = "
+                               "pg_backend_pid()", (environment,))
+            except psycopg.Error:
+                pass
+            holder.close()
+
+    def _holder_message(self, environment: str) -> str:
+        row = self.conn.execute(
+            "select run_id, operator, host, since from rollout.locks where environment = %s",
+            (environment,)).fetchone()
+        if not row:
+            return f"environment {environment!r} is locked by another run"
+        run_id, operator, host, since = row
+        return (f"environment {environment!r} is locked by run {str(run_id)[:8]} "
+                f"({operator}@{host}) since {since:%Y-%m-%d %H:%M:%S} UTC")
+
+    def lock_holder(self, environment: str) -> dict[str, Any] | None:
+        """The session holding the advisory lock, and what `rollout.locks` says about it."""
+        row = self.conn.execute(
+            "select l.pid, k.run_id, k.operator, k.host, k.since from pg_locks l "
+            "left join rollout.locks k on k.environment = %s "
+            "where l.locktype = 'advisory' and l.granted and "
+            "((l.classid::bigint << 32) | l.objid::bigint) = hashtextextended(%s, 0)",
+            (environment, lock_key(environment))).fetchone()
+        if not row:
+            return None
+        return dict(zip(("pid", "run_id", "operator", "host", "since"), row, strict=True))
+
+    def force_unlock(self, environment: str) -> dict[str, Any] | None:
+        holder = self.lock_holder(environment)
+        if holder:
+            self.conn.execute("select pg_terminate_backend(%s)", (holder["pid"],))
+        self.conn.execute("delete from rollout.locks where environment = %s", (environment,))
+        return holder
+
+    # ---- runs ----------------------------------------------------------------------------------
+
+    def start_run(self, run: RunInfo) -> None:
+        self.conn.execute(
+            "insert into rollout.runs (id, environment, command, plan_name, plan_path, "
+            "plan_checksum, git_commit, operator, host, status) "
+            "values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            (run.id, run.environment, run.command, run.plan_name, run.plan_path,
+             run.plan_checksum, run.git_commit, run.operator, run.host, run.status))
+
+    def set_run_status(self, run_id: str, status: str, message: str | None = None,
+                       finished: bool = True) -> None:
+        self.conn.execute(
+            "update rollout.runs set status = %s, message = %s, "
+            "finished_at = case when %s then now() else null end where id = %s",
+            (status, self.masker.text(message) if message else None, finished, run_id))
+
+    def runs(self, environment: str | None = None, limit: int = 20) -> list[RunInfo]:
+        rows = self.conn.execute(
+            "select id::text, environment, command, plan_name, plan_path, plan_checksum, "
+            "git_commit, operator, host, status, started_at, finished_at, message "
+            "from rollout.runs where %s::text is null or environment = %s "
+            "order by started_at desc limit %s", (environment, environment, limit)).fetchall()
+        return [RunInfo(*row) for row in rows]
+
+    def interrupted_run(self, environment: str) -> RunInfo | None:
+        """The newest apply that never finished (its process died holding nothing)."""
+        for run in self.runs(environment, limit=5):
+            if run.command == "apply" and run.status in ("running", "interrupted"):
+                return run
+            if run.command == "apply":
+                return None
+        return None
+
+    # ---- steps -----------------------------------------------------------------------------------
+
+    def step_event(self, run_id: str, step_id: str, kind: str, action: str, status: str,
+                   seconds: float | None = None, detail: dict[str, Any] | None = None,
+                   error: str | None = None) -> None:
+        self.conn.execute(
+            "insert into rollout.step_events (run_id, step_id, kind, action, status, seconds, "
+            "detail, error) values (%s, %s, %s, %s, %s, %s, %s, %s)",
+            (run_id, step_id, kind, action, status, seconds,
+             Jsonb(self.masker.data(detail or {})), self.masker.text(error) if error else None))
+
+    def events(self, run_id: str) -> list[dict[str, Any]]:
+        cur = self.conn.execute(
+            "select step_id, kind, action, status, at, seconds, detail, error "
+            "from rollout.step_events where run_id = %s order by id", (run_id,))
+        columns = [c.name for c in cur.description or []]
+        return [dict(zip(columns, row, strict=True)) for row in cur.fetchall()]
+
+    def completed_in_run(self, run_id: str) -> set[str]:
+        rows = self.conn.execute(
+            "select distinct step_id from rollout.step_events where run_id = %s "
+            "and action = 'apply' and status in ('succeeded', 'already-applied')",
+            (run_id,)).fetchall()
+        return {row[0] for row in rows}
+
+    def set_state(self, environment: str, step_id: str, kind: str, status: str,
+                  fingerprint: str, run_id: str, detail: dict[str, Any]) -> None:
+        self.conn.execute(
+            "insert into rollout.step_state (environment, step_id, kind, status, fingerprint, "
+            "run_id, detail, updated_at) values (%s, %s, %s, %s, %s, %s, %s, now()) "
+            "on conflict (environment, step_id) do update set kind = excluded.kind, "
+            "status = excluded.status, fingerprint = excluded.fingerprint, "
+            "run_id = excluded.run_id, detail = excluded.detail, updated_at = now()",
+            (environment, step_id, kind, status, fingerprint, run_id,
+             Jsonb(self.masker.data(detail))))
+
+    def states(self, environment: str) -> dict[str, StepState]:
+        rows = self.conn.execute(
+            "select step_id, kind, status, fingerprint, run_id::text, detail, updated_at "
+            "from rollout.step_state where environment = %s", (environment,)).fetchall()
+        return {row[0]: StepState(*row) for row in rows}
+
+    # ---- approvals and confirmations -------------------------------------------------------------
+
+    def approve(self, run_id: str, step_id: str, approver: str) -> None:
+        self.conn.execute(
+            "insert into rollout.approvals (run_id, step_id, approved_by) values (%s, %s, %s) "
+            "on conflict do nothing", (run_id, step_id, approver))
+
+    def approval(self, run_id: str, step_id: str) -> str | None:
+        row = self.conn.execute(
+            "select approved_by from rollout.approvals where run_id = %s and step_id = %s",
+            (run_id, step_id)).fetchone()
+        return str(row[0]) if row else None
+
+    def find_run(self, prefix: str) -> RunInfo:
+        rows = self.conn.execute(
+            "select id::text from rollout.runs where id::text like %s order by started_at desc",
+            (prefix + "%",)).fetchall()
+        if len(rows) != 1:
+            raise TargetError(f"no single run matches {prefix!r} ({len(rows)} found)")
+        return next(r for r in self.runs(limit=1000) if r.id == rows[0][0])
+
+    def confirm(self, environment: str, item: str, plan_checksum: str, who: str) -> None:
+        self.conn.execute(
+            "insert into rollout.confirmations (environment, item, plan_checksum, confirmed_by) "
+            "values (%s, %s, %s, %s) on conflict (environment, item, plan_checksum) do update "
+            "set confirmed_by = excluded.confirmed_by, confirmed_at = now()",
+            (environment, item, plan_checksum, who))
+
+    def confirmations(self, environment: str, plan_checksum: str) -> dict[str, str]:
+        rows = self.conn.execute(
+            "select item, confirmed_by from rollout.confirmations "
+            "where environment = %s and plan_checksum = %s", (environment, plan_checksum))
+        return {row[0]: row[1] for row in rows.fetchall()}
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, default=str, sort_keys=True)

@@ -1,0 +1,442 @@
+"""Runs a plan: apply, rollback, and the read-only view of what would run.
+
+The invariants live here, once: one run per environment (the lock), every step journaled before
+and after, preflight before any change (bad input changes nothing), the maintenance window
+lifted whenever a run ends in anything but success (failure, Ctrl-C, SIGTERM), and `--resume`
+continuing an interrupted run under its own id.
+"""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import os
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rollout.adapters import database as db
+from rollout.adapters.targets import Target
+from rollout.engine.events import (
+    Event,
+    Masker,
+    Notice,
+    RunFinished,
+    RunStarted,
+    Sink,
+    StepFinished,
+    StepProgress,
+    StepStarted,
+)
+from rollout.engine.journal import Journal, RunInfo, StepState
+from rollout.engine.plan import Plan, PlannedStep
+from rollout.errors import RollbackFailed, RolloutError, StepFailed, UsageError
+from rollout.paths import project_root, state_dir
+from rollout.steps import StepContext
+
+APPROVAL_POLL_SECONDS = 1.0
+
+
+@dataclass
+class StepView:
+    """One row of `rollout plan`: what the step would do and where the target stands."""
+
+    id: str
+    kind: str
+    description: str
+    state: str  # pending | applied | changed | disabled | always
+    on_failure: str
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    status: str
+    exit_code: int
+    steps: list[StepFinished] = field(default_factory=list)
+    message: str = ""
+
+
+@dataclass
+class Options:
+    dry_run: bool = False
+    from_step: str | None = None
+    to_step: str | None = None
+    resume: bool = False
+    operator: str = ""
+    approver: Callable[[str, str, str, float], None] | None = None
+    """Called when a gate waits for a person (run id, step id, message, timeout): the CLI may
+    prompt and record the answer with `Engine.approve`; the engine polls the journal anyway,
+    so `rollout approve RUN STEP` from another shell works the same."""
+
+
+def operator_name() -> str:
+    return os.environ.get("ROLLOUT_OPERATOR") or getpass.getuser()
+
+
+def git_commit(root: Path) -> str | None:
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                              text=True, timeout=5, check=False)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=root, capture_output=True, text=True, timeout=5, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if head.returncode != 0:
+        return None
+    return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+class Engine:
+    def __init__(self, plan: Plan, target: Target, sink: Sink) -> None:
+        self.plan = plan
+        self.target = target
+        self.masker = Masker(plan.secrets)
+        self._sink = sink
+        self.root = project_root()
+        self.journal: Journal | None = None
+        self.results: list[StepFinished] = []
+
+    # ---- events ----------------------------------------------------------------------------
+
+    def emit(self, event: Event) -> None:
+        masked = self.masker.event(event)
+        if isinstance(masked, StepFinished):
+            self.results.append(masked)
+        self._sink(masked)
+
+    # ---- read-only view --------------------------------------------------------------------
+
+    def view(self) -> list[StepView]:
+        """What `apply` would do now, without changing anything (not even the journal)."""
+        states: dict[str, StepState] = {}
+        if self.target.reachable():
+            journal = Journal(self.target.db_url, self.masker)
+            try:
+                if journal.exists():
+                    states = journal.states(self.plan.environment)
+            finally:
+                journal.close()
+        views = []
+        for planned in self.plan.steps:
+            step = planned.step
+            state = "pending"
+            if not planned.enabled:
+                state = "disabled"
+            elif not step.persistent:
+                state = "always"
+            elif (found := states.get(step.id)) and found.status == "applied":
+                state = "applied" if found.fingerprint == fingerprint(planned) else "changed"
+            views.append(StepView(step.id, step.kind, step.describe(), state, planned.on_failure))
+        return views
+
+    # ---- apply -------------------------------------------------------------------------------
+
+    def apply(self, options: Options) -> RunResult:
+        selected = self._select(options.from_step, options.to_step)
+        self.target.prepare()
+        self.masker.add(self.target.secret_values())
+        journal = self.journal = Journal(self.target.db_url, self.masker)
+        journal.ensure_schema()
+        interrupted = journal.interrupted_run(self.plan.environment)
+        run_id = str(uuid.uuid4())
+        if options.resume:
+            if interrupted is None:
+                raise UsageError(f"nothing to resume: no interrupted run on "
+                                 f"{self.plan.environment!r}")
+            if interrupted.plan_checksum != self.plan.checksum:
+                raise UsageError(f"run {interrupted.id[:8]} used a different version of this "
+                                 "plan; roll back first or restore the plan it ran")
+            run_id = interrupted.id
+        operator = options.operator or operator_name()
+        host = socket.gethostname()
+        with journal.lock(self.plan.environment, run_id, operator, host):
+            if interrupted and not options.resume:
+                # We hold the environment's lock, so whoever ran it is gone.
+                journal.set_run_status(interrupted.id, "interrupted",
+                                       "the process ended without finishing")
+                raise UsageError(
+                    f"run {interrupted.id[:8]} on {self.plan.environment!r} was interrupted "
+                    f"({interrupted.operator}, {interrupted.started_at:%Y-%m-%d %H:%M} UTC)",
+                    hint="continue it with `--resume`, or undo it with `rollout rollback`")
+            self._preflight(selected)
+            if options.resume:
+                journal.set_run_status(run_id, "running", finished=False)
+            else:
+                journal.start_run(self._run_info(run_id, "apply", operator, host))
+            return self._apply_steps(run_id, selected, operator, options, resumed=options.resume)
+
+    def _preflight(self, selected: list[PlannedStep]) -> None:
+        ctx = self._context("preflight", operator_name(), None, "")
+        for planned in selected:
+            if planned.enabled:
+                planned.step.preflight(ctx)
+
+    def _apply_steps(self, run_id: str, selected: list[PlannedStep], operator: str,
+                     options: Options, resumed: bool) -> RunResult:
+        journal = self._journal()
+        began = time.monotonic()
+        self.emit(RunStarted(run_id, "apply", self.plan.name, self.plan.environment,
+                             self.target.kind, [p.spec.id for p in selected], resumed))
+        done_in_run = journal.completed_in_run(run_id) if resumed else set()
+        states = journal.states(self.plan.environment)
+        applied_here: list[tuple[PlannedStep, dict[str, Any]]] = []
+        status, exit_code, message = "succeeded", 0, ""
+        failures: list[str] = []
+        try:
+            for planned in selected:
+                step = planned.step
+                if not planned.enabled:
+                    self._finish(run_id, planned, "apply", "skipped", 0, "disabled by `when`")
+                    continue
+                state = states.get(step.id)
+                if (step.id in done_in_run and not step.repeat_on_resume) or (
+                        step.persistent and state and state.status == "applied"
+                        and state.fingerprint == fingerprint(planned)):
+                    self._finish(run_id, planned, "apply", "already-applied", 0,
+                                 "already applied" if step.persistent else "done before resume")
+                    continue
+                detail, error = self._run_step(run_id, planned, operator, options)
+                if error is None:
+                    applied_here.append((planned, detail))
+                    continue
+                failures.append(f"{step.id}: {error}")
+                if planned.on_failure == "continue":
+                    continue
+                if planned.on_failure == "rollback":
+                    self._rollback_steps(run_id, [p for p, _ in reversed(applied_here)
+                                                  if p.step.persistent and p.step.reversible],
+                                         operator)
+                    status, exit_code = "rolled-back", 1
+                    message = f"step {step.id} failed and the run was rolled back: {error}"
+                else:
+                    status, exit_code = "failed", 1
+                    message = f"step {step.id} failed: {error}"
+                break
+            else:
+                if failures:
+                    status, exit_code = "failed", 1
+                    message = "completed with failures: " + "; ".join(failures)
+        except RollbackFailed as err:
+            status, exit_code, message = "rollback-failed", 3, str(err)
+        except KeyboardInterrupt:
+            status, exit_code, message = "interrupted", 1, "interrupted by the operator"
+        finally:
+            self._lift_maintenance_unless(status == "succeeded")
+            journal.set_run_status(run_id, status, message or None)
+        self.emit(RunFinished(run_id, "apply", status, exit_code, time.monotonic() - began,
+                              message))
+        return RunResult(run_id, status, exit_code, list(self.results), message)
+
+    def _run_step(self, run_id: str, planned: PlannedStep, operator: str,
+                  options: Options) -> tuple[dict[str, Any], str | None]:
+        """apply + verify one step, journaled; returns (detail, error message or None)."""
+        journal = self._journal()
+        step = planned.step
+        self.emit(StepStarted(step.id, step.kind, "apply", step.describe()))
+        journal.step_event(run_id, step.id, step.kind, "apply", "running")
+        ctx = self._context(run_id, operator, options, step.id)
+        began = time.monotonic()
+        try:
+            detail = step.apply(ctx)
+            step.verify(ctx, detail)
+        except RolloutError as err:
+            seconds = time.monotonic() - began
+            journal.step_event(run_id, step.id, step.kind, "apply", "failed", seconds,
+                               error=str(err))
+            self.emit(StepFinished(step.id, step.kind, "apply", "failed", seconds, error=str(err)))
+            return {}, str(err)
+        except KeyboardInterrupt:
+            journal.step_event(run_id, step.id, step.kind, "apply", "interrupted",
+                               time.monotonic() - began)
+            raise
+        seconds = time.monotonic() - began
+        journal.step_event(run_id, step.id, step.kind, "apply", "succeeded", seconds, detail)
+        if step.persistent:
+            journal.set_state(self.plan.environment, step.id, step.kind, "applied",
+                              fingerprint(planned), run_id, detail)
+        self.emit(StepFinished(step.id, step.kind, "apply", "succeeded", seconds,
+                               summarize(detail), detail))
+        return detail, None
+
+    def _finish(self, run_id: str, planned: PlannedStep, action: str, status: str,
+                seconds: float, summary: str) -> None:
+        step = planned.step
+        self._journal().step_event(run_id, step.id, step.kind, action, status, seconds,
+                                   {"summary": summary})
+        self.emit(StepFinished(step.id, step.kind, action, status, seconds, summary))
+
+    # ---- rollback ------------------------------------------------------------------------------
+
+    def rollback(self, to_step: str | None, options: Options) -> RunResult:
+        """Undo the applied steps of this plan, newest first, down to (not including) `to_step`."""
+        start = self.plan.index(to_step) + 1 if to_step else 0
+        candidates = [p for p in self.plan.steps[start:]
+                      if p.step.persistent and p.step.reversible]
+        self.target.prepare()
+        self.masker.add(self.target.secret_values())
+        journal = self.journal = Journal(self.target.db_url, self.masker)
+        journal.ensure_schema()
+        operator = options.operator or operator_name()
+        host = socket.gethostname()
+        run_id = str(uuid.uuid4())
+        began = time.monotonic()
+        with journal.lock(self.plan.environment, run_id, operator, host):
+            interrupted = journal.interrupted_run(self.plan.environment)
+            if interrupted:
+                journal.set_run_status(interrupted.id, "abandoned",
+                                       f"rolled back by run {run_id[:8]}")
+            states = journal.states(self.plan.environment)
+            todo = [p for p in reversed(candidates)
+                    if (s := states.get(p.step.id)) and s.status == "applied"]
+            journal.start_run(self._run_info(run_id, "rollback", operator, host))
+            self.emit(RunStarted(run_id, "rollback", self.plan.name, self.plan.environment,
+                                 self.target.kind, [p.spec.id for p in todo]))
+            status, exit_code, message = "succeeded", 0, ""
+            if not todo:
+                message = "nothing to roll back"
+            try:
+                self._rollback_steps(run_id, todo, operator, states)
+            except RollbackFailed as err:
+                status, exit_code, message = "rollback-failed", 3, str(err)
+            except KeyboardInterrupt:
+                status, exit_code, message = "interrupted", 3, "rollback interrupted"
+            finally:
+                self._lift_maintenance_unless(False)
+                journal.set_run_status(run_id, status, message or None)
+        self.emit(RunFinished(run_id, "rollback", status, exit_code, time.monotonic() - began,
+                              message))
+        return RunResult(run_id, status, exit_code, list(self.results), message)
+
+    def _rollback_steps(self, run_id: str, todo: list[PlannedStep], operator: str,
+                        states: dict[str, StepState] | None = None) -> None:
+        journal = self._journal()
+        states = states if states is not None else journal.states(self.plan.environment)
+        for planned in todo:
+            step = planned.step
+            state = states.get(step.id)
+            applied_detail = state.detail if state else {}
+            self.emit(StepStarted(step.id, step.kind, "rollback", f"undo: {step.describe()}"))
+            journal.step_event(run_id, step.id, step.kind, "rollback", "running")
+            began = time.monotonic()
+            try:
+                detail = step.rollback(self._context(run_id, operator, None, step.id),
+                                       applied_detail)
+            except (RolloutError, OSError) as err:
+                seconds = time.monotonic() - began
+                journal.step_event(run_id, step.id, step.kind, "rollback", "failed", seconds,
+                                   error=str(err))
+                self.emit(StepFinished(step.id, step.kind, "rollback", "failed", seconds,
+                                       error=str(err)))
+                raise RollbackFailed(f"rollback of step {step.id} failed: {err}",
+                                     hint="the journal (`rollout status`) shows what was undone; "
+                                          "fix the cause and run `rollout rollback` again") from err
+            seconds = time.monotonic() - began
+            journal.step_event(run_id, step.id, step.kind, "rollback", "succeeded", seconds,
+                               detail)
+            journal.set_state(self.plan.environment, step.id, step.kind, "rolled-back",
+                              fingerprint(planned), run_id, detail)
+            self.emit(StepFinished(step.id, step.kind, "rollback", "succeeded", seconds,
+                                   summarize(detail), detail))
+
+    # ---- shared pieces ------------------------------------------------------------------------
+
+    def approve(self, run_id: str, step_id: str, approver: str) -> None:
+        self._journal().approve(run_id, step_id, approver)
+
+    def _journal(self) -> Journal:
+        assert self.journal is not None, "the journal is opened by apply/rollback"
+        return self.journal
+
+    def _select(self, from_step: str | None, to_step: str | None) -> list[PlannedStep]:
+        start = self.plan.index(from_step) if from_step else 0
+        end = self.plan.index(to_step) + 1 if to_step else len(self.plan.steps)
+        if start >= end:
+            raise UsageError(f"--from {from_step} comes after --to {to_step}")
+        return self.plan.steps[start:end]
+
+    def _context(self, run_id: str, operator: str, options: Options | None,
+                 step_id: str) -> StepContext:
+        artifacts = state_dir() / "runs" / run_id
+        approver = options.approver if options else None
+        ctx = StepContext(
+            target=self.target, run_id=run_id, environment=self.plan.environment,
+            operator=operator, artifacts=artifacts, root=self.root,
+            progress=lambda message, fraction: self.emit(StepProgress(step_id, message, fraction)),
+            wait_for_approval=lambda gate, message, timeout: self._wait_for_approval(
+                run_id, gate, message, timeout, approver),
+            extra={"slack_webhook_url": self.plan.model.notifications.slack_webhook_url,
+                   "maintenance_since": self._maintenance_since(run_id)},
+        )
+        artifacts.mkdir(parents=True, exist_ok=True)
+        return ctx
+
+    def _maintenance_since(self, run_id: str) -> str | None:
+        """When this run opened the maintenance window (from the journal: survives a crash)."""
+        if self.journal is None or run_id == "preflight":
+            return None
+        for event in reversed(self.journal.events(run_id)):
+            if event["kind"] == "db.maintenance" and event["status"] == "succeeded" \
+                    and event["detail"].get("since"):
+                return str(event["detail"]["since"])
+        return None
+
+    def _wait_for_approval(self, run_id: str, step_id: str, message: str, timeout: float,
+                           approver: Callable[[str, str, str, float], None] | None) -> str:
+        journal = self._journal()
+        self.emit(Notice(f"step {step_id} waits for approval: {message} — approve with "
+                         f"`rollout approve {run_id[:8]} {step_id}`", "warning"))
+        if approver is not None:
+            approver(run_id, step_id, message, timeout)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            who = journal.approval(run_id, step_id)
+            if who:
+                return who
+            time.sleep(APPROVAL_POLL_SECONDS)
+        raise StepFailed(f"no approval for step {step_id} within {timeout:.0f}s")
+
+    def _lift_maintenance_unless(self, succeeded: bool) -> None:
+        """Never leave the API read-only: lift the window unless the run succeeded with it
+        closed (a successful plan closes it itself; lifting again is harmless)."""
+        try:
+            active = db.maintenance_active(self.target.db_url)
+        except RolloutError:
+            self.emit(Notice("could not check the maintenance window (database unreachable): "
+                             "check it with `rollout status`", "error"))
+            return
+        if active:
+            lifted = db.maintenance_off(self.target.db_url)
+            level = "info" if succeeded else "warning"
+            self.emit(Notice(f"maintenance window lifted on {len(lifted)} table(s)", level))
+
+    def _run_info(self, run_id: str, command: str, operator: str, host: str) -> RunInfo:
+        return RunInfo(
+            id=run_id, environment=self.plan.environment, command=command,
+            plan_name=self.plan.name, plan_path=str(self.plan.path),
+            plan_checksum=self.plan.checksum, git_commit=git_commit(self.root),
+            operator=operator, host=host, status="running", started_at=None,  # type: ignore[arg-type]
+            finished_at=None, message=None)
+
+
+def fingerprint(planned: PlannedStep) -> str:
+    return hashlib.sha256(planned.step.fingerprint().encode()).hexdigest()
+
+
+def summarize(detail: dict[str, Any]) -> str:
+    """One short line of a step's detail for tables (long lists are counted, not listed)."""
+    parts = []
+    for key, value in detail.items():
+        if isinstance(value, list | dict):
+            if len(value) <= 3 and all(isinstance(v, str | int | float) for v in value):
+                parts.append(f"{key}={','.join(map(str, value)) or '-'}")
+            else:
+                parts.append(f"{key}={len(value)}")
+        else:
+            parts.append(f"{key}={value}")
+    return " ".join(parts)[:160]

@@ -1,0 +1,96 @@
+"""What every step kind is: describe / apply / verify / rollback, over a target.
+
+A step kind is a class with a pydantic `Params` model (its `with:` block in the plan). The
+engine calls `preflight` for every step before anything changes (bad input → exit 2, nothing
+touched), then `apply` and `verify` in order; `rollback` gets back the detail `apply` returned
+(as kept in the journal), so it can undo exactly what was done.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, ValidationInfo
+
+from rollout.adapters.targets import Target
+from rollout.errors import PlanError
+
+Detail = dict[str, Any]
+
+
+class Params(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+def project_file(value: str, info: ValidationInfo) -> str:
+    """A file parameter: relative to the project, never escaping it (no `../../etc/passwd`)."""
+    root: Path = (info.context or {})["root"]
+    candidate = (root / value).resolve()
+    if not candidate.is_relative_to(root.resolve()):
+        raise ValueError(f"{value!r} points outside the project directory")
+    if not candidate.is_file():
+        raise ValueError(f"{value!r} does not exist (paths are relative to {root})")
+    return value
+
+
+@dataclass
+class StepContext:
+    """What a running step may use. The engine builds one per step."""
+
+    target: Target
+    run_id: str
+    environment: str
+    operator: str
+    artifacts: Path
+    root: Path
+    progress: Callable[[str, float | None], None] = lambda message, fraction: None
+    wait_for_approval: Callable[[str, str, float], str] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def path(self, relative: str) -> Path:
+        return self.root / relative
+
+
+class Step:
+    """Base class of step kinds. Subclasses set `kind`, `Params` and override what they do."""
+
+    kind: ClassVar[str]
+    Params: ClassVar[type[BaseModel]] = Params
+    targets: ClassVar[tuple[str, ...]] = ("local", "supabase")
+    persistent: ClassVar[bool] = True
+    """True when apply leaves a lasting effect that rollback undoes (and a re-apply skips)."""
+    reversible: ClassVar[bool] = True
+    """False for persistent steps that rollback leaves in place (seed data of the old app)."""
+    repeat_on_resume: ClassVar[bool] = False
+    """True for steps whose effect a crash may have undone (the maintenance window)."""
+
+    def __init__(self, step_id: str, params: BaseModel) -> None:
+        self.id = step_id
+        self.params = params
+
+    def describe(self) -> str:
+        return self.kind
+
+    def preflight(self, ctx: StepContext) -> None:
+        """Checks that need the target but change nothing; raise UsageError to refuse the run."""
+
+    def apply(self, ctx: StepContext) -> Detail:
+        raise NotImplementedError
+
+    def verify(self, ctx: StepContext, detail: Detail) -> None:
+        """Raise StepFailed when what apply did is not in place."""
+
+    def rollback(self, ctx: StepContext, detail: Detail) -> Detail:
+        return {"undone": False, "reason": "nothing to undo"}
+
+    def fingerprint(self) -> str:
+        """What identifies this step's effect; a changed fingerprint means 'apply again'."""
+        return f"{self.kind}:{self.params.model_dump_json()}"
+
+
+def require(condition: bool, message: str) -> None:
+    if not condition:
+        raise PlanError(message)

@@ -1,0 +1,177 @@
+"""Gates: a person's approval, a timed pause, and analysis (Argo-style evidence polling)."""
+
+from __future__ import annotations
+
+import operator
+import re
+import time
+from collections.abc import Callable
+from typing import ClassVar, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from rollout.adapters import probes
+from rollout.errors import StepFailed
+from rollout.steps.base import Detail, Params, Step, StepContext
+
+DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+CONDITION = re.compile(r"^\s*(>=|<=|==|!=|>|<)\s*(-?\d+(?:\.\d+)?)\s*$")
+OPERATORS: dict[str, Callable[[float, float], bool]] = {
+    ">=": operator.ge, "<=": operator.le, "==": operator.eq, "!=": operator.ne,
+    ">": operator.gt, "<": operator.lt,
+}
+
+
+def seconds(value: str | float) -> float:
+    """'90s', '5m', '2h', '250ms' or a number of seconds."""
+    if isinstance(value, int | float):
+        return float(value)
+    match = DURATION.match(value)
+    if not match:
+        raise ValueError(f"{value!r} is not a duration (e.g. 30s, 5m, 2h)")
+    return float(match.group(1)) * UNITS[match.group(2)]
+
+
+def check_duration(value: str | float) -> str | float:
+    seconds(value)
+    return value
+
+
+def check_condition(value: str | None) -> str | None:
+    if value is not None and not CONDITION.match(value):
+        raise ValueError(f"{value!r} is not a condition like '>= 0.5' or '< 0.01'")
+    return value
+
+
+def holds(condition: str, measured: float) -> bool:
+    match = CONDITION.match(condition)
+    assert match is not None  # validated with the plan
+    return OPERATORS[match.group(1)](measured, float(match.group(2)))
+
+
+class PauseParams(Params):
+    duration: str | float
+
+    _check = field_validator("duration")(check_duration)
+
+
+class GatePause(Step):
+    kind: ClassVar[str] = "gate.pause"
+    Params = PauseParams
+    persistent = False
+    params: PauseParams
+
+    def describe(self) -> str:
+        return f"pause {self.params.duration}"
+
+    def apply(self, ctx: StepContext) -> Detail:
+        total = seconds(self.params.duration)
+        deadline = time.monotonic() + total
+        while (left := deadline - time.monotonic()) > 0:
+            ctx.progress(f"{left:.0f}s left", 1 - left / total if total else 1)
+            time.sleep(min(1.0, left))
+        return {"paused_seconds": total}
+
+
+class ApprovalParams(Params):
+    message: str = "Continue the rollout?"
+    timeout: str | float = "1h"
+
+    _check = field_validator("timeout")(check_duration)
+
+
+class GateApproval(Step):
+    """Waits for a person: the interactive prompt, or `rollout approve RUN STEP` elsewhere."""
+
+    kind: ClassVar[str] = "gate.approval"
+    Params = ApprovalParams
+    persistent = False
+    params: ApprovalParams
+
+    def describe(self) -> str:
+        return f"wait for approval: {self.params.message} (timeout {self.params.timeout})"
+
+    def apply(self, ctx: StepContext) -> Detail:
+        if ctx.wait_for_approval is None:
+            raise StepFailed("no way to ask for approval in this run")
+        approver = ctx.wait_for_approval(self.id, self.params.message, seconds(self.params.timeout))
+        return {"approved_by": approver}
+
+
+class AnalysisParams(Params):
+    """Poll a measurement until it proves the condition, as Argo Rollouts' AnalysisRun does."""
+
+    query: str | None = Field(None, description="SQL returning one number (service connection).")
+    url: str | None = Field(None, description="HTTP GET; the measurement is the status code, "
+                                              "or `json_field` of the JSON body.")
+    json_field: str | None = None
+    success: str = Field(description="Condition on the measurement, e.g. '>= 0.5'.")
+    failure: str | None = Field(None, description="Condition that counts as a failed measurement.")
+    interval: str | float = "30s"
+    count: int = Field(1, ge=1, description="Successful measurements needed.")
+    failure_limit: int = Field(0, ge=0, description="Failed measurements tolerated.")
+    timeout: str | float = "1h"
+    inconclusive: Literal["ask", "fail"] = Field(
+        "ask", description="At timeout with neither verdict: ask a person, or fail.")
+
+    _durations = field_validator("interval", "timeout")(check_duration)
+    _conditions = field_validator("success", "failure")(check_condition)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> AnalysisParams:
+        if (self.query is None) == (self.url is None):
+            raise ValueError("give exactly one of `query` or `url`")
+        return self
+
+
+class GateAnalysis(Step):
+    kind: ClassVar[str] = "gate.analysis"
+    Params = AnalysisParams
+    persistent = False
+    params: AnalysisParams
+
+    def describe(self) -> str:
+        p = self.params
+        source = "SQL" if p.query else f"GET {p.url}"
+        return f"wait until {source} {p.success} ({p.count}x, every {p.interval}, ≤{p.timeout})"
+
+    def measure(self, ctx: StepContext) -> float:
+        p = self.params
+        if p.query:
+            return probes.sql_number(ctx.target.db_url, p.query)
+        assert p.url is not None
+        return probes.http_number(p.url, p.json_field)
+
+    def apply(self, ctx: StepContext) -> Detail:
+        p = self.params
+        deadline = time.monotonic() + seconds(p.timeout)
+        successes = failures = 0
+        measurements: list[float | str] = []
+        while True:
+            try:
+                value: float | str = self.measure(ctx)
+            except Exception as err:  # noqa: BLE001 — an error is a failed measurement
+                value = f"error: {err}"
+            measurements.append(value)
+            if isinstance(value, str) or (p.failure and holds(p.failure, value)):
+                failures += 1
+            elif holds(p.success, value):
+                successes += 1
+            ctx.progress(f"measured {value} ({successes}/{p.count} ok, {failures} failed)",
+                         successes / p.count)
+            if failures > p.failure_limit:
+                raise StepFailed(f"analysis failed: {failures} failed measurement(s), "
+                                 f"last {value}")
+            if successes >= p.count:
+                return {"verdict": "successful", "measurements": measurements[-20:]}
+            if time.monotonic() + seconds(p.interval) > deadline:
+                break
+            time.sleep(seconds(p.interval))
+        if p.inconclusive == "ask" and ctx.wait_for_approval is not None:
+            approver = ctx.wait_for_approval(
+                self.id, f"analysis inconclusive (last {measurements[-1]}): continue?",
+                seconds(p.timeout))
+            return {"verdict": "inconclusive", "approved_by": approver,
+                    "measurements": measurements[-20:]}
+        raise StepFailed(f"analysis inconclusive after {p.timeout} (last {measurements[-1]})")

@@ -1,0 +1,49 @@
+"""cron.schedule: the nightly quota reset (seed §3.2.4), on pg_cron or the local scheduler."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from pydantic import Field, field_validator
+
+from rollout.adapters.pg_cron import validate_cron_expression
+from rollout.errors import StepFailed, UsageError
+from rollout.steps.base import Detail, Params, Step, StepContext
+
+
+class ScheduleParams(Params):
+    job: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$", description="Job name (idempotency key).")
+    schedule: str = Field(description="Five-field cron, UTC, e.g. '0 2 * * *'.")
+    function: str = Field(description="Edge function to POST to, with the service-role key.")
+    body: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        try:
+            return validate_cron_expression(value)
+        except UsageError as err:
+            raise ValueError(str(err)) from err
+
+
+class CronSchedule(Step):
+    kind: ClassVar[str] = "cron.schedule"
+    Params = ScheduleParams
+    params: ScheduleParams
+
+    def describe(self) -> str:
+        p = self.params
+        return f"schedule {p.function} as job {p.job!r} at '{p.schedule}' UTC"
+
+    def apply(self, ctx: StepContext) -> Detail:
+        p = self.params
+        action = ctx.target.scheduler.schedule(p.job, p.schedule, p.function, p.body)
+        return {"job": p.job, "schedule": p.schedule, "action": action}
+
+    def verify(self, ctx: StepContext, detail: Detail) -> None:
+        job = ctx.target.scheduler.status(self.params.job).get("job")
+        if not job or job.get("schedule") != self.params.schedule:
+            raise StepFailed(f"cron job {self.params.job} is not scheduled as planned")
+
+    def rollback(self, ctx: StepContext, detail: Detail) -> Detail:
+        return {"undone": ctx.target.scheduler.unschedule(self.params.job)}
