@@ -15,6 +15,6 @@ def project_root() -> Path:
 
 
 def state_dir() -> Path:
-    """Local state (the embedded stack, run artefacts): `ROLLOUT_STATE_DIR` or `<project>/.rollout`."""
+    """Local state (embedded stack, run artefacts): `ROLLOUT_STATE_DIR` or `<project>/.rollout`."""
     override = os.environ.get("ROLLOUT_STATE_DIR")
     return Path(override).resolve() if override else project_root() / ".rollout"

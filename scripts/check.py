@@ -82,7 +82,9 @@ def main() -> int:
     finally:
         subprocess.run([str(BIN / "rollout"), "local", "down"], cwd=ROOT,
                        env={**os.environ, "ROLLOUT_STATE_DIR": str(state)}, check=False)
-    passed, failed = (a + b for a, b in zip(junit_counts(pytest_xml), junit_counts(deno_xml)))
+    (py_passed, py_failed), (deno_passed, deno_failed) = (junit_counts(pytest_xml),
+                                                          junit_counts(deno_xml))
+    passed, failed = py_passed + deno_passed, py_failed + deno_failed
     if not ok and failed == 0:
         print("a non-test check failed (see the stages above)")
     print(f"{passed} passed, {failed} failed")

@@ -8,7 +8,6 @@ that smoke and load checks use as the app would.
 from __future__ import annotations
 
 import hashlib
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Protocol
@@ -38,11 +37,14 @@ class Scheduler(Protocol):
 
 
 class Target(Protocol):
-    kind: str
-    name: str
-    functions: Functions
-    secrets: FunctionSecrets
-    scheduler: Scheduler
+    @property
+    def kind(self) -> str: ...
+    @property
+    def functions(self) -> Functions: ...
+    @property
+    def secrets(self) -> FunctionSecrets: ...
+    @property
+    def scheduler(self) -> Scheduler: ...
 
     def prepare(self) -> None: ...
     def reachable(self) -> bool: ...
@@ -72,6 +74,8 @@ class LocalFunctions:
         self.stack = stack
 
     def deploy(self, names: list[str], functions_dir: Path, keep_dir: Path) -> dict[str, Any]:
+        # Locally every version stays on disk (`.rollout/local/functions/<name>/v<N>`), so the
+        # record only names versions; `keep_dir` is for targets that must download the source.
         record: dict[str, Any] = {}
         for name in names:
             previous = self.stack.deployed().get(name)
@@ -81,11 +85,11 @@ class LocalFunctions:
                 "version": worker.version,
                 "digest": bundle_digest(functions_dir, name),
             }
-        return record
+        return {"functions": record}
 
-    def rollback(self, record: dict[str, Any]) -> dict[str, Any]:
+    def rollback(self, detail: dict[str, Any]) -> dict[str, Any]:
         done: dict[str, Any] = {}
-        for name, entry in record.items():
+        for name, entry in detail["functions"].items():
             previous = entry.get("previous_version")
             if previous:
                 self.stack.activate_version(name, int(previous))
@@ -150,7 +154,6 @@ class LocalScheduler:
 
 class LocalTarget:
     kind = "local"
-    name = "local"
 
     def __init__(self, stack: LocalStack | None = None) -> None:
         self.stack = stack or LocalStack()
@@ -211,7 +214,3 @@ def wait_healthy(url: str, timeout: float = 15) -> float:
         time.sleep(0.2)
     raise TargetError(f"{url} is not healthy after {timeout:.0f}s ({last})")
 
-
-def copy_tree(source: Path, target: Path) -> None:
-    shutil.rmtree(target, ignore_errors=True)
-    shutil.copytree(source, target)

@@ -52,7 +52,7 @@ def run() -> None:
         sys.exit(1)
     except SystemExit:
         raise
-    except Exception as error:  # noqa: BLE001 — the last line of defence: exit 4, no traceback
+    except Exception as error:
         import click
 
         if isinstance(error, click.exceptions.Abort):

@@ -63,7 +63,7 @@ def status(json_output: bool = typer.Option(False, "--json", help="One JSON docu
 
 @local_app.command()
 def env() -> None:
-    """Print `export` lines (URL, database URL, keys, JWT secret) for scripts: `eval "$(rollout local env)"`."""
+    """Print `export` lines (URLs, keys, JWT secret) for scripts: `eval "$(rollout local env)"`."""
     for name, value in LocalStack().env().items():
         print(f"export {name}={shlex.quote(value)}")
 
@@ -72,5 +72,6 @@ def _print_status(stack: LocalStack, rows: list | None = None) -> None:  # type:
     table = Table("component", "pid", "port", "url", "health", "detail")
     for row in rows if rows is not None else stack.status():
         health = "[green]up[/green]" if row.healthy else "[red]down[/red]"
-        table.add_row(row.name, str(row.pid or "-"), str(row.port or "-"), row.url, health, row.detail)
+        table.add_row(row.name, str(row.pid or "-"), str(row.port or "-"), row.url, health,
+                      row.detail)
     out.print(table)

@@ -9,6 +9,7 @@ says who holds it, for the refusal message.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,7 +20,6 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from rollout.adapters.database import connect
 from rollout.engine.events import Masker
 from rollout.errors import LockHeld, TargetError
 
@@ -179,11 +179,9 @@ class Journal:
                 (environment, run_id, operator, host))
             yield
         finally:
-            try:
+            with contextlib.suppress(psycopg.Error):
                 holder.execute("delete from rollout.locks where environment = %s and pid = "
                                "pg_backend_pid()", (environment,))
-            except psycopg.Error:
-                pass
             holder.close()
 
     def _holder_message(self, environment: str) -> str:

@@ -56,7 +56,8 @@ class StepSpec(Strict):
     kind: str = Field(description="One of the step kinds (`rollout plan kinds`).")
     params: dict[str, Any] = Field(default_factory=dict, alias="with")
     description: str | None = None
-    when: bool | str | None = Field(None, description="Run only when true (after ${VAR} interpolation).")
+    when: bool | str | None = Field(
+        None, description="Run only when true (after ${VAR} interpolation).")
     on_failure: Literal["rollback", "stop", "continue"] | None = None
 
     @field_validator("id")

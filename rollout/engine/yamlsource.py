@@ -79,7 +79,8 @@ def load(path: Path, environ: Mapping[str, str] | None = None) -> Source:
     source = Source(path=path, data=None)
     source.data = _convert(node, (), source, env, secret=False)
     if not isinstance(source.data, dict):
-        raise PlanError(f"{source.where(())}: a plan is a mapping with `name`, `target` and `steps`")
+        raise PlanError(f"{source.where(())}: a plan is a mapping with `name`, `target` "
+                        "and `steps`")
     return source
 
 

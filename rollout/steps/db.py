@@ -141,7 +141,8 @@ class MigrateParams(Params):
     lock_timeout: str = "5s"
     statement_timeout: str = "120s"
     lint: Literal["error", "warn", "off"] = Field(
-        "error", description="squawk findings fail the step (error), are reported (warn), or not run.")
+        "error",
+        description="squawk findings fail the step (error), are reported (warn), or not run.")
 
 
 class DbMigrate(Step):

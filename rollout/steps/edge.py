@@ -44,9 +44,8 @@ class EdgeDeploy(Step):
 
     def apply(self, ctx: StepContext) -> Detail:
         keep = ctx.artifacts / "previous-functions"
-        record = ctx.target.functions.deploy(self.params.functions,
-                                             ctx.path(self.params.functions_dir), keep)
-        return {"functions": record}
+        return ctx.target.functions.deploy(self.params.functions,
+                                           ctx.path(self.params.functions_dir), keep)
 
     def verify(self, ctx: StepContext, detail: Detail) -> None:
         live = ctx.target.functions.live()
@@ -60,7 +59,7 @@ class EdgeDeploy(Step):
                 entry["health_ms"] = round(latency, 1)
 
     def rollback(self, ctx: StepContext, detail: Detail) -> Detail:
-        return {"undone": True, "functions": ctx.target.functions.rollback(detail["functions"])}
+        return {"undone": True, **ctx.target.functions.rollback(detail)}
 
 
 class SecretsParams(Params):
@@ -103,7 +102,8 @@ class EdgeSecrets(Step):
         removed = [name for name in self.params.unset if name in before]
         if removed:
             ctx.target.secrets.unset(removed)
-        return {"written": sorted(changed), "unchanged": sorted(set(self.params.set) - set(changed)),
+        return {"written": sorted(changed),
+                "unchanged": sorted(set(self.params.set) - set(changed)),
                 "created": sorted(k for k in changed if k not in before), "unset": removed}
 
     def verify(self, ctx: StepContext, detail: Detail) -> None:

@@ -75,7 +75,7 @@ def deno_bin() -> str:
     from deno import find_deno_bin  # the `deno` wheel's own locator
 
     try:
-        return find_deno_bin()
+        return str(find_deno_bin())
     except FileNotFoundError as err:
         raise StackError("the deno binary is missing: run `make install` (or `uv sync`)") from err
 
@@ -158,7 +158,8 @@ class LocalStack:
         self._write_routes()
 
     def _write_routes(self) -> None:
-        routes = {n: {"port": w.port, "version": w.version} for n, w in self.state.functions.items()}
+        routes = {name: {"port": w.port, "version": w.version}
+                  for name, w in self.state.functions.items()}
         tmp = self.dir / "routes.json.tmp"
         tmp.write_text(json.dumps(routes))
         tmp.replace(self.dir / "routes.json")
