@@ -109,14 +109,14 @@ def service_connection(db_url: str) -> Iterator[psycopg.Connection]:
     try:
         conn = psycopg.connect(db_url, autocommit=True, connect_timeout=10)
     except psycopg.Error as err:
-        raise TargetError(f"cannot connect to the target database: {_first_line(err)}") from err
+        raise TargetError(f"cannot connect to the target database: {first_line(err)}") from err
     try:
         yield conn
     finally:
         conn.close()
 
 
-def _first_line(err: BaseException) -> str:
+def first_line(err: BaseException) -> str:
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__
 
@@ -276,7 +276,7 @@ def seed_demo(db_url: str) -> DemoCast:
             _seed_legacy_chat(conn, cast)
             clear_quotas(conn, [cast.organizer])
     except psycopg.Error as err:
-        raise TargetError(f"seeding the smoke demo data failed: {_first_line(err)}") from err
+        raise TargetError(f"seeding the smoke demo data failed: {first_line(err)}") from err
     return cast
 
 
@@ -327,7 +327,7 @@ def remove_demo(db_url: str) -> dict[str, int]:
         with service_connection(db_url) as conn:
             return delete_cast(conn, cast.user_ids, [cast.show_id])
     except psycopg.Error as err:
-        raise TargetError(f"removing the smoke demo data failed: {_first_line(err)}") from err
+        raise TargetError(f"removing the smoke demo data failed: {first_line(err)}") from err
 
 
 # ---- tokens ------------------------------------------------------------------------------------
@@ -686,7 +686,7 @@ def run_flows(api_url: str, anon_key: str, jwt_secret: str, db_url: str, *, keep
                 except FlowFailed as err:
                     detail, passed = str(err), False
                 except Exception as err:  # a crash of one flow is that flow's failure
-                    detail, passed = f"{type(err).__name__}: {_first_line(err)}", False
+                    detail, passed = f"{type(err).__name__}: {first_line(err)}", False
                 result = FlowResult(name, passed, round(time.perf_counter() - began, 4),
                                     redact(detail))
                 report.flows.append(result)
