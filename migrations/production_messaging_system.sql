@@ -374,7 +374,10 @@ security definer
 set search_path = ''
 as $$
 begin
-  -- Conversation row first, then participant rows: one lock order for every sender.
+  -- Lock order for every write in a conversation: conversation row, then participant rows,
+  -- then message rows. Taking the conversation row unconditionally serialises concurrent
+  -- senders (the update below may match no row when a newer message already won).
+  perform 1 from public.conversations where id = new.conversation_id for no key update;
   update public.conversations
      set last_message_text = new.message_text,
          last_message_timestamp = new.created_at,
@@ -447,10 +450,15 @@ as $$
 begin
   -- Reset to 0 = the member has read the conversation: keep read_by_user_ids in step, so
   -- the function path and the old app's direct update end in the same state.
-  update public.messages
-     set read_by_user_ids = read_by_user_ids || new.user_id
-   where conversation_id = new.conversation_id
-     and not (new.user_id = any (read_by_user_ids));
+  -- Rows are locked in id order so that two members marking read at once cannot deadlock.
+  update public.messages m
+     set read_by_user_ids = m.read_by_user_ids || new.user_id
+   where m.id in (select u.id from public.messages u
+                   where u.conversation_id = new.conversation_id
+                     and not (new.user_id = any (u.read_by_user_ids))
+                   order by u.id
+                   for update)
+     and not (new.user_id = any (m.read_by_user_ids));
   return new;
 end;
 $$;
@@ -900,6 +908,10 @@ begin
   if v_role is null or v_role not in ('admin', 'show_organizer') then
     raise exception using errcode = 'PT403', message = 'only moderators may delete messages';
   end if;
+  -- Same lock order as every other write: the conversation row before the message row.
+  perform 1 from public.conversations c
+   where c.id = (select m.conversation_id from public.messages m where m.id = p_message_id)
+     for no key update;
   select m.* into v_msg from public.messages m where m.id = p_message_id for update;
   if not found then
     raise exception using errcode = 'PT404', message = 'message not found';
