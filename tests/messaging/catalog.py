@@ -82,7 +82,8 @@ def row_snapshot(
     for schema, table in tables:
         count, digest = conn.execute(
             f'select count(*), md5(coalesce(string_agg(r, e\'\\n\' order by r), \'\')) '
-            f'from (select (select jsonb_object_agg(key, value) from jsonb_each(to_jsonb(t)))::text r '
+            f"from (select (select jsonb_object_agg(key, value) "
+            f"from jsonb_each(to_jsonb(t)))::text r "
             f'from "{schema}"."{table}" t) s'
         ).fetchone()
         result[f"{schema}.{table}"] = (count, digest)

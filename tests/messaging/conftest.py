@@ -67,7 +67,9 @@ class Api:
     def sql(self, query: str, params: Any = None) -> list[tuple[Any, ...]]:
         with self.conn.transaction():
             self.conn.execute(sql.SQL("set local role {}").format(sql.Identifier(self.role)))
-            claims = {"sub": self.user_id, "role": self.role} if self.user_id else {"role": self.role}
+            claims: dict[str, str] = {"role": self.role}
+            if self.user_id:
+                claims["sub"] = self.user_id
             self.conn.execute(
                 "select set_config('request.jwt.claims', %s, true)", (json.dumps(claims),)
             )

@@ -44,7 +44,8 @@ def assert_unread_exact(db: Any) -> None:
     rows = db.q(
         "select cp.conversation_id, cp.user_id, cp.unread_count, "
         "(select count(*) from public.messages m where m.conversation_id = cp.conversation_id "
-        " and m.sender_id is distinct from cp.user_id and not (cp.user_id = any(m.read_by_user_ids))) "
+        " and m.sender_id is distinct from cp.user_id"
+        " and not (cp.user_id = any(m.read_by_user_ids))) "
         "from public.conversation_participants cp"
     )
     wrong = [r for r in rows if r[2] != r[3]]

@@ -89,7 +89,8 @@ def test_apply_rollback_apply_rollback_is_lossless_and_exact(v2db: Db) -> None:
         "select count(*) from messaging_v2_archive.messages_v2_columns where is_broadcast"
     ) == 2
     # Legacy behaviour: no v2 function, the deleted text nowhere in public.
-    assert v2db.val("select to_regprocedure('public.send_broadcast(uuid,text,text[],boolean)')") is None
+    assert v2db.val(
+        "select to_regprocedure('public.send_broadcast(uuid,text,text[],boolean)')") is None
     no_secret_anywhere_public(v2db)
     alice = v2db.as_user(ALICE)
     texts = [r[0] for r in alice.sql(
@@ -152,9 +153,11 @@ def test_legacy_app_works_after_rollback(v2db: Db) -> None:
 def test_a_failed_run_leaves_nothing(legacy_db: Db) -> None:
     before = schema_snapshot(legacy_db.admin)
     broken = V2.read_text().replace("commit;", "select 1/0;\ncommit;")
-    with pytest.raises(psycopg.errors.DivisionByZero):
-        with psycopg.connect(legacy_db.url, autocommit=True) as conn:
-            conn.execute(broken.encode())
+    with (
+        pytest.raises(psycopg.errors.DivisionByZero),
+        psycopg.connect(legacy_db.url, autocommit=True) as conn,
+    ):
+        conn.execute(broken.encode())
     assert schema_snapshot(legacy_db.admin) == before
     apply_file(legacy_db.url, V2)
 
@@ -171,7 +174,7 @@ def test_squawk_lint_passes() -> None:
 
 def test_v2_sets_timeouts_and_is_one_transaction() -> None:
     text = V2.read_text()
-    statements = [s for s in re.split(r"^(begin|commit);$", text, flags=re.M) if s in ("begin", "commit")]
+    statements = re.findall(r"^(begin|commit);$", text, flags=re.M)
     assert statements == ["begin", "commit"]
     assert "set local lock_timeout = '5s';" in text
     assert "set local statement_timeout" in text
@@ -277,10 +280,12 @@ def test_anon_executes_nothing_and_only_service_role_resets_quotas(v2db: Db) -> 
     )
     assert anon_exec == []
     assert v2db.val(
-        "select has_function_privilege('authenticated', 'public.reset_broadcast_quotas()', 'execute')"
+        "select has_function_privilege('authenticated', "
+        "'public.reset_broadcast_quotas()', 'execute')"
     ) is False
     assert v2db.val(
-        "select has_function_privilege('service_role', 'public.reset_broadcast_quotas()', 'execute')"
+        "select has_function_privilege('service_role', "
+        "'public.reset_broadcast_quotas()', 'execute')"
     ) is True
 
 

@@ -104,7 +104,8 @@ def test_reports(v2db: Db) -> None:
     refused(lambda: mvp.rpc1("report_message",
                              p_message_id="00000000-0000-4000-8000-000000000000",
                              p_reason="x"), "PT404")
-    refused(lambda: mvp.sql("insert into public.reported_messages (message_id, reported_by, reason) "
+    refused(lambda: mvp.sql("insert into public.reported_messages "
+                            "(message_id, reported_by, reason) "
                             "values (%s, %s, 'direct')", (s["message"], s["mvp"])), "42501")
     # Moderation closes the pending reports.
     admin = v2db.make_user("admin")
