@@ -492,7 +492,9 @@ begin
     (flag_name, changed_by, from_percentage, to_percentage, reason)
   values (
     new.name,
-    coalesce(nullif(current_setting('rollout.actor', true), ''), session_user),
+    -- Stamped by feature_flags_before_write, which runs as the invoker: rollout.actor, or
+    -- the role that made the change (here, in a definer function, current_user is the owner).
+    new.updated_by,
     case when tg_op = 'UPDATE' then old.rollout_percentage end,
     new.rollout_percentage,
     nullif(current_setting('rollout.reason', true), '')

@@ -61,3 +61,12 @@ def test_audit_trail_takes_actor_and_reason_from_settings(v2db: Db) -> None:
 
 def test_percentage_is_bounded(v2db: Db) -> None:
     refused(lambda: v2db.q("update public.feature_flags set rollout_percentage = 101"), "23514")
+
+
+def test_audit_falls_back_to_the_role_that_made_the_change(v2db: Db) -> None:
+    with v2db.admin.transaction():
+        v2db.q("set local role service_role")
+        v2db.q("update public.feature_flags set rollout_percentage = 10 "
+               "where name = 'messaging_v2_enabled'")
+    assert v2db.q("select changed_by, to_percentage, reason from public.feature_flag_audit "
+                  "order by id desc limit 1") == [("service_role", 10, None)]
