@@ -41,17 +41,6 @@ def first_line(err: BaseException) -> str:
 
 # ---- migrations ----------------------------------------------------------------------------
 
-MIGRATIONS_DDL = """
-create schema if not exists rollout;
-create table if not exists rollout.migrations (
-  filename text primary key,
-  checksum text not null,
-  applied_at timestamptz not null default now(),
-  run_id uuid
-);
-"""
-
-
 @dataclass
 class AppliedMigration:
     filename: str
@@ -83,9 +72,12 @@ def run_sql_file(url: str, text: str, *, record: tuple[str, str, str] | None = N
     """
     with connect(url, autocommit=False) as conn:
         try:
-            conn.execute(MIGRATIONS_DDL)
+            # client_connection_check_interval: if rollout dies (even SIGKILL) mid-file, the
+            # server notices within a second and aborts, instead of finishing and committing
+            # a migration nobody is watching.
             conn.execute("select set_config('lock_timeout', %s, true), "
-                         "set_config('statement_timeout', %s, true)",
+                         "set_config('statement_timeout', %s, true), "
+                         "set_config('client_connection_check_interval', '1s', true)",
                          (lock_timeout, statement_timeout))
             if record:
                 conn.execute("insert into rollout.migrations (filename, checksum, run_id) "

@@ -39,7 +39,7 @@ def run() -> None:
     from rollout.cli import main  # noqa: F401  (registers the commands)
 
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
     except RolloutError as error:
         if debug_enabled():
             err.print_exception()
@@ -66,3 +66,4 @@ def run() -> None:
         err.print(f"[red]internal error:[/red] {type(error).__name__}: {error} "
                   "(run again with --debug for the traceback)", soft_wrap=True)
         sys.exit(4)
+    sys.exit(code if isinstance(code, int) else 0)

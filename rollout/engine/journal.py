@@ -67,6 +67,12 @@ create table if not exists rollout.step_state (
   updated_at timestamptz not null default now(),
   primary key (environment, step_id)
 );
+create table if not exists rollout.migrations (
+  filename text primary key,
+  checksum text not null,
+  applied_at timestamptz not null default now(),
+  run_id uuid
+);
 create table if not exists rollout.locks (
   environment text primary key,
   run_id uuid,

@@ -1,6 +1,6 @@
 """A throw-away local stack for the smoke and load checks: real PostgreSQL, gateway and Deno.
 
-One stack per session, in a temp dir under /var/tmp (the embedded server runs as an
+One stack for this package's tests, in a temp dir under /var/tmp (the embedded server runs as an
 unprivileged user when we are root, so the directory must be world-traversable), with the
 legacy baseline, the local demo seed and the v2 migration applied and `send-broadcast`
 deployed; always stopped at the end.
@@ -49,8 +49,9 @@ class Target:
         return [self.anon_key, self.jwt_secret, self.stack.secret("service_role_key")]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def target() -> Iterator[Target]:
+    """Package-scoped: stopped as soon as tests/checks is done, even inside a full-suite run."""
     root = Path(tempfile.mkdtemp(prefix="rollout-checks-", dir=shared_dir("rollout-tests")))
     root.chmod(0o755)
     # A developer's fixed ports would collide with their own running stack.
