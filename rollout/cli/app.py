@@ -39,7 +39,9 @@ def run() -> None:
     from rollout.cli import main  # noqa: F401  (registers the commands)
 
     try:
-        code = app(standalone_mode=False)
+        # Standalone mode: click itself answers usage errors (exit 2) and exits with the
+        # command's own code; what reaches us is ours to shape.
+        app()
     except RolloutError as error:
         if debug_enabled():
             err.print_exception()
@@ -47,23 +49,9 @@ def run() -> None:
         if error.hint:
             err.print(f"[dim]hint: {error.hint}[/dim]", soft_wrap=True)
         sys.exit(error.exit_code)
-    except KeyboardInterrupt:
-        err.print("[red]interrupted[/red]")
-        sys.exit(1)
-    except SystemExit:
-        raise
-    except Exception as error:
-        import click
-
-        if isinstance(error, click.exceptions.Abort):
-            err.print("[red]aborted[/red]")
-            sys.exit(1)
-        if isinstance(error, click.ClickException):
-            error.show()
-            sys.exit(2 if isinstance(error, click.UsageError) else 1)
+    except Exception as error:  # noqa: BLE001 — the last line of defence: exit 4, no traceback
         if debug_enabled():
             err.print_exception()
         err.print(f"[red]internal error:[/red] {type(error).__name__}: {error} "
                   "(run again with --debug for the traceback)", soft_wrap=True)
         sys.exit(4)
-    sys.exit(code if isinstance(code, int) else 0)

@@ -71,7 +71,11 @@ def load(path: Path, environ: Mapping[str, str] | None = None) -> Source:
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        raise PlanError(f"{where}: invalid YAML: {err.problem}") from err
+        context = ""
+        if err.context and err.context_mark:
+            start = err.context_mark
+            context = f" ({err.context} at line {start.line + 1}, column {start.column + 1})"
+        raise PlanError(f"{where}: invalid YAML: {err.problem}{context}") from err
     except yaml.YAMLError as err:
         raise PlanError(f"{path}: invalid YAML: {err}") from err
     if node is None:
