@@ -19,8 +19,11 @@ from rollout.engine.plan import Plan, load_plan, plan_json_schema
 from rollout.engine.runner import Engine, Options, operator_name
 from rollout.engine.targets import build_target
 from rollout.errors import UsageError
+from rollout.paths import project_root
 
 PLAN_ARG = typer.Argument(..., help="A plan file, e.g. plans/local.yaml.", show_default=False)
+PLAN_OR_ENV = typer.Argument(..., show_default=False,
+                             help="A plan file, or an environment name from plans/*.yaml.")
 JSON_OPT = typer.Option(False, "--json", help="Print one JSON document on stdout instead.")
 YES_OPT = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation.")
 
@@ -31,6 +34,24 @@ STATE_STYLE = {"pending": "[yellow]pending[/yellow]", "applied": "[cyan]applied[
 
 def _load(path: str) -> Plan:
     return load_plan(Path(path))
+
+
+def _resolve(plan_or_env: str) -> Plan:
+    """A plan file, or an environment name found in plans/*.yaml (`rollout unlock production`)."""
+    if Path(plan_or_env).exists() or plan_or_env.endswith((".yaml", ".yml")):
+        return _load(plan_or_env)
+    matches = []
+    for candidate in sorted((project_root() / "plans").glob("*.yaml")):
+        try:
+            plan = _load(str(candidate))
+        except UsageError:
+            continue
+        if plan.environment == plan_or_env:
+            matches.append(plan)
+    if len(matches) != 1:
+        raise UsageError(f"{plan_or_env!r} is neither a plan file nor the environment of exactly "
+                         f"one plan in plans/ ({len(matches)} found)")
+    return matches[0]
 
 
 def _engine(plan: Plan, json_output: bool) -> tuple[Engine, JsonRenderer | None]:
@@ -157,7 +178,7 @@ def rollback(
 
 
 def _journal_for(plan: str) -> tuple[Plan, Journal]:
-    loaded = _load(plan)
+    loaded = _resolve(plan)
     target = build_target(loaded)
     if not target.reachable():
         raise UsageError(f"the {loaded.model.target.kind} target of {plan} is not running",
@@ -169,7 +190,7 @@ def _journal_for(plan: str) -> tuple[Plan, Journal]:
 
 
 @app.command()
-def status(plan: str = PLAN_ARG, json_output: bool = JSON_OPT) -> None:
+def status(plan: str = PLAN_OR_ENV, json_output: bool = JSON_OPT) -> None:
     """The environment's state from the journal: each step, last run, lock holder."""
     loaded, journal = _journal_for(plan)
     states = journal.states(loaded.environment)
@@ -199,7 +220,7 @@ def status(plan: str = PLAN_ARG, json_output: bool = JSON_OPT) -> None:
 
 
 @app.command()
-def history(plan: str = PLAN_ARG, limit: int = typer.Option(20, help="How many runs."),
+def history(plan: str = PLAN_OR_ENV, limit: int = typer.Option(20, help="How many runs."),
             json_output: bool = JSON_OPT) -> None:
     """Past runs on the plan's environment: who, when, from which commit, with what result."""
     loaded, journal = _journal_for(plan)
@@ -217,7 +238,7 @@ def history(plan: str = PLAN_ARG, limit: int = typer.Option(20, help="How many r
 
 @app.command()
 def approve(
-    plan: str = PLAN_ARG,
+    plan: str = PLAN_OR_ENV,
     run: str = typer.Argument(..., help="Run id (or its first characters)."),
     step: str = typer.Argument(..., help="The gate's step id."),
 ) -> None:
@@ -230,7 +251,7 @@ def approve(
 
 @app.command()
 def unlock(
-    plan: str = PLAN_ARG,
+    plan: str = PLAN_OR_ENV,
     force: bool = typer.Option(False, "--force", help="Required: ends the holder's session."),
 ) -> None:
     """Free the environment's lock held by a dead or stuck run (shows the holder first)."""
