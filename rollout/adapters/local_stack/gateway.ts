@@ -95,7 +95,12 @@ async function claimsFrom(req: Request): Promise<Record<string, unknown> | Respo
   }
 }
 
-type FnInfo = { args: { name: string; type: string; hasDefault: boolean }[]; setof: boolean; returnsVoid: boolean };
+type FnInfo = {
+  args: { name: string; type: string; hasDefault: boolean }[];
+  setof: boolean;
+  returnsVoid: boolean;
+  composite: boolean;
+};
 const fnCache = new Map<string, { at: number; info: FnInfo | null }>();
 
 async function describe(fn: string): Promise<FnInfo | null> {
@@ -103,9 +108,11 @@ async function describe(fn: string): Promise<FnInfo | null> {
   if (cached && Date.now() - cached.at < 2000) return cached.info;
   const rows = await sql`
     select p.proretset as setof, p.prorettype = 'void'::regtype as returns_void, p.pronargdefaults as ndefaults,
+           (t.typtype = 'c' or p.prorettype = 'record'::regtype) as composite,
            coalesce(p.proargnames, '{}') as names,
            array(select format_type(t, null) from unnest(p.proargtypes) as t) as types
     from pg_catalog.pg_proc p join pg_catalog.pg_namespace n on n.oid = p.pronamespace
+    join pg_catalog.pg_type t on t.oid = p.prorettype
     where n.nspname = 'public' and p.proname = ${fn}
     order by p.pronargs desc limit 1`;
   let info: FnInfo | null = null;
@@ -115,6 +122,7 @@ async function describe(fn: string): Promise<FnInfo | null> {
     info = {
       setof: r.setof,
       returnsVoid: r.returns_void,
+      composite: r.composite,
       args: r.types.map((type: string, i: number) => ({
         name: r.names[i] ?? "", type, hasDefault: i >= n - r.ndefaults,
       })),
@@ -165,8 +173,10 @@ async function rpc(req: Request, fn: string): Promise<Response> {
   const cols = keys.map((k) => `${ident(k)} ${known.get(k)!.type}`).join(", ");
   const call = `public.${ident(fn)}(${keys.map((k) => `${ident(k)} := _args.${ident(k)}`).join(", ")})`;
   const args = keys.length ? `jsonb_to_record($1::text::jsonb) as _args(${cols})` : "";
+  // Rows become objects; a set of scalars becomes an array of scalars, as in PostgREST.
+  const rowset = info.composite ? `${call} _r` : `${call} as _s(_r)`;
   const query = info.setof
-    ? `select coalesce(jsonb_agg(_r), '[]'::jsonb) as body from ${args ? `${args}, lateral ` : ""}${call} _r`
+    ? `select coalesce(jsonb_agg(_r), '[]'::jsonb) as body from ${args ? `${args}, lateral ` : ""}${rowset}`
     : `select to_jsonb(${call}) as body${args ? ` from ${args}` : ""}`;
 
   try {

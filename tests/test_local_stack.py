@@ -1,0 +1,169 @@
+"""The embedded local stack: up/down by pid, JWT-verified RPC through the gateway."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import jwt
+import psycopg
+import pytest
+
+from rollout.adapters.local_stack.postgres import process_alive, shared_dir
+from rollout.adapters.local_stack.stack import LocalStack
+
+SUB = "6f1c2a4e-7d2b-4c1e-9a51-3b0f8e2d9c11"
+PROBE_SQL = """
+create table if not exists public.rpc_calls (uid uuid, role text, at timestamptz default now());
+create or replace function public.whoami(p_note text default null) returns jsonb
+language plpgsql volatile as $$
+begin
+  insert into public.rpc_calls (uid, role) values (auth.uid(), current_user);
+  return jsonb_build_object('uid', auth.uid(), 'role', current_user, 'note', p_note);
+end $$;
+grant insert on public.rpc_calls to anon, authenticated;
+create or replace function public.pairs() returns setof jsonb language sql as
+$$ select jsonb_build_object('n', g) from generate_series(1, 3) g $$;
+"""
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[LocalStack]:
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="rollout-stack-", dir=shared_dir("rollout-tests")))
+    root.chmod(0o755)
+    stack = LocalStack(root)
+    stack.up()
+    with psycopg.connect(stack.db_url, autocommit=True) as conn:
+        conn.execute(PROBE_SQL.encode())
+    yield stack
+    stack.down()
+
+
+def token(stack: LocalStack, **claims: object) -> str:
+    payload = {"sub": SUB, "role": "authenticated", "exp": int(time.time()) + 60, **claims}
+    return jwt.encode(payload, stack.secret("jwt_secret"), algorithm="HS256")
+
+
+def rpc(stack: LocalStack, fn: str, body: object, bearer: str | None) -> httpx.Response:
+    headers = {"apikey": stack.secret("anon_key")}
+    if bearer is not None:
+        headers["Authorization"] = f"Bearer {bearer}"
+    return httpx.post(f"{stack.api_url}/rest/v1/rpc/{fn}", json=body, headers=headers, timeout=10)
+
+
+def calls(stack: LocalStack) -> int:
+    with psycopg.connect(stack.db_url) as conn:
+        row = conn.execute("select count(*) from public.rpc_calls").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_rpc_runs_as_authenticated_with_the_tokens_subject(stack: LocalStack) -> None:
+    response = rpc(stack, "whoami", {"p_note": "hi"}, token(stack))
+    assert response.status_code == 200, response.text
+    assert response.json() == {"uid": SUB, "role": "authenticated", "note": "hi"}
+
+
+def test_anon_key_alone_runs_as_anon(stack: LocalStack) -> None:
+    response = rpc(stack, "whoami", {}, None)
+    assert response.status_code == 200
+    assert response.json()["role"] == "anon" and response.json()["uid"] is None
+
+
+def test_setof_functions_return_json_arrays(stack: LocalStack) -> None:
+    assert rpc(stack, "pairs", {}, token(stack)).json() == [{"n": 1}, {"n": 2}, {"n": 3}]
+
+
+def unsigned(stack: LocalStack) -> str:
+    def part(obj: object) -> str:
+        return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
+
+    return f"{part({'alg': 'none', 'typ': 'JWT'})}.{part({'sub': SUB, 'role': 'authenticated'})}."
+
+
+@pytest.mark.parametrize("kind", ["unsigned", "expired", "wrong-secret", "garbage",
+                                  "escalated-role"])
+def test_bad_tokens_get_401_and_never_reach_the_database(stack: LocalStack, kind: str) -> None:
+    bad = {
+        "unsigned": unsigned(stack),
+        "expired": token(stack, exp=int(time.time()) - 10),
+        "wrong-secret": jwt.encode({"sub": SUB, "role": "authenticated"}, "not-the-secret" * 3,
+                                   algorithm="HS256"),
+        "garbage": "not.a.jwt",
+        "escalated-role": token(stack, role="postgres"),
+    }[kind]
+    before = calls(stack)
+    response = rpc(stack, "whoami", {}, bad)
+    assert response.status_code == 401
+    assert set(response.json()) >= {"code", "message"}
+    assert calls(stack) == before
+
+
+def test_unknown_function_and_arguments_are_404_like_postgrest(stack: LocalStack) -> None:
+    assert rpc(stack, "nope", {}, token(stack)).json()["code"] == "PGRST202"
+    assert rpc(stack, "whoami", {"p_unknown": 1}, token(stack)).status_code == 404
+
+
+def test_invalid_json_body_is_400(stack: LocalStack) -> None:
+    response = httpx.post(f"{stack.api_url}/rest/v1/rpc/whoami", content=b"{not json",
+                          headers={"apikey": stack.secret("anon_key"),
+                                   "Authorization": f"Bearer {token(stack)}"})
+    assert response.status_code == 400 and response.json()["code"] == "PGRST102"
+
+
+def test_undeployed_function_is_404(stack: LocalStack) -> None:
+    response = httpx.post(f"{stack.api_url}/functions/v1/send-broadcast", json={})
+    assert response.status_code == 404
+
+
+def test_up_again_reports_the_running_stack(stack: LocalStack) -> None:
+    pids = (stack.postgres.pid(), stack.state.gateway_pid)
+    assert LocalStack(stack.dir.parent).up() is False
+    again = LocalStack(stack.dir.parent)
+    assert (again.postgres.pid(), again.state.gateway_pid) == pids
+
+
+def test_secrets_are_owner_only(stack: LocalStack) -> None:
+    for name in ("jwt_secret", "anon_key", "service_role_key"):
+        assert (stack.secrets_dir / name).stat().st_mode & 0o077 == 0
+    assert stack.secrets_dir.stat().st_mode & 0o077 == 0
+
+
+def test_down_leaves_no_process_behind() -> None:
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="rollout-stack-", dir=shared_dir("rollout-tests")))
+    root.chmod(0o755)
+    stack = LocalStack(root)
+    stack.up()
+    stack.deploy_function("send-broadcast")
+    pids = [stack.postgres.pid(), stack.state.gateway_pid,
+            *(w.pid for w in stack.state.functions.values())]
+    assert all(pid and process_alive(pid) for pid in pids)
+    stopped = stack.down()
+    assert set(stopped) == {"postgres", "gateway", "function send-broadcast"}
+    time.sleep(0.2)
+    assert not any(process_alive(pid) for pid in pids)
+
+
+def test_taken_port_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+    import tempfile
+
+    from rollout.errors import StackError
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        monkeypatch.setenv("ROLLOUT_LOCAL_PG_PORT", str(port))
+        root = Path(tempfile.mkdtemp(prefix="rollout-stack-", dir=shared_dir("rollout-tests")))
+        root.chmod(0o755)
+        with pytest.raises(StackError, match=f"port {port}.*already in use"):
+            LocalStack(root).up()
