@@ -55,9 +55,17 @@ def _resolve(plan_or_env: str) -> Plan:
 
 
 def _engine(plan: Plan, json_output: bool) -> tuple[Engine, JsonRenderer | None]:
+    from rollout.engine.notifications import Notifier, compose
+
     renderer = JsonRenderer() if json_output else None
     sink = renderer if renderer is not None else HumanRenderer(out)
-    return Engine(plan, build_target(plan), sink), renderer
+    # Run notifications (Slack, PagerDuty) after the renderer; their failures come back as
+    # notices through the engine's emit, masked like every other event.
+    notifier = Notifier(plan.model.notifications)
+    engine = Engine(plan, build_target(plan), compose(sink, notifier))
+    engine.masker.add(notifier.secrets())
+    notifier.emit = engine.emit
+    return engine, renderer
 
 
 def _confirm_production(plan: Plan, yes: bool, verb: str) -> None:
