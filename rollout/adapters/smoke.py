@@ -685,7 +685,7 @@ def run_flows(api_url: str, anon_key: str, jwt_secret: str, db_url: str, *, keep
                     detail, passed = flow(ctx), True
                 except FlowFailed as err:
                     detail, passed = str(err), False
-                except Exception as err:  # a crash of one flow is that flow's failure
+                except Exception as err:  # noqa: BLE001 — a crash of one flow is that flow's failure
                     detail, passed = f"{type(err).__name__}: {first_line(err)}", False
                 result = FlowResult(name, passed, round(time.perf_counter() - began, 4),
                                     redact(detail))

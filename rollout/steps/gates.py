@@ -151,7 +151,7 @@ class GateAnalysis(Step):
         while True:
             try:
                 value: float | str = self.measure(ctx)
-            except Exception as err:
+            except Exception as err:  # noqa: BLE001 — an error is a failed measurement
                 value = f"error: {err}"
             measurements.append(value)
             if isinstance(value, str) or (p.failure and holds(p.failure, value)):

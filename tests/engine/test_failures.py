@@ -134,7 +134,7 @@ def test_sigterm_stops_cleanly_and_lifts_maintenance(cli: Cli, tmp_path: Path) -
     wait_for(lambda: step_status(cli, "pause") == "running")
     assert maintenance_on(cli)
     proc.send_signal(signal.SIGTERM)
-    _, stderr = proc.communicate(timeout=30)
+    proc.communicate(timeout=30)
     assert proc.returncode == 1
     assert not maintenance_on(cli)
     assert cli.one("select status from rollout.runs") == "interrupted"

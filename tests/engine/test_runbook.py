@@ -1,4 +1,4 @@
-"""The main job end to end: apply the local plan, roll it back keeping every message, apply again."""
+"""The main job end to end: apply the local plan, roll it back keeping every message, re-apply."""
 
 from __future__ import annotations
 

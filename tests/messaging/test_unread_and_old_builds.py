@@ -118,7 +118,7 @@ def test_exact_unread_counts_under_50_concurrent_sends(v2db: Db) -> None:
                 old_build_send(api, conv, api.user_id or "", f"c{i}")
             if i % 7 == 0:
                 api.rpc("mark_conversation_read", p_conversation_id=conv)
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 — re-raised by the test thread
             errors.append(exc)
 
     threads = [threading.Thread(target=run, args=(i, api)) for i, api in enumerate(apis)]
