@@ -1,6 +1,7 @@
 """Step kinds, by name. Each module owns one family; `KINDS` is the registry plans use."""
 
 from rollout.steps.base import Step, StepContext
+from rollout.steps.checks import CheckLoad, CheckSmoke
 from rollout.steps.db import DbBackup, DbMaintenance, DbMigrate, DbSeed, DbVerify
 from rollout.steps.edge import EdgeDeploy, EdgeSecrets
 from rollout.steps.flags import FlagsSet
@@ -11,7 +12,8 @@ from rollout.steps.schedule import CronSchedule
 KINDS: dict[str, type[Step]] = {
     kind.kind: kind
     for kind in (DbBackup, DbMaintenance, DbMigrate, DbVerify, DbSeed, EdgeDeploy, EdgeSecrets,
-                 CronSchedule, FlagsSet, GateApproval, GatePause, GateAnalysis, Notify)
+                 CronSchedule, FlagsSet, GateApproval, GatePause, GateAnalysis, Notify,
+                 CheckSmoke, CheckLoad)
 }
 
 __all__ = ["KINDS", "Step", "StepContext"]

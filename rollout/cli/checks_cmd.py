@@ -1,0 +1,222 @@
+"""The check commands: `rollout smoke`, `rollout load` and `rollout rehearse`."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from rollout.adapters.k6 import LoadReport, default_script, emit_k6_operator
+from rollout.adapters.smoke import SmokeReport
+from rollout.cli.app import app, out
+from rollout.cli.release import _confirm_production, _sigterm_as_interrupt
+from rollout.cli.render import HumanRenderer
+from rollout.engine.events import Masker, Notice, RunFinished, RunStarted, StepFinished
+from rollout.engine.plan import Plan, load_plan
+from rollout.engine.rehearsal import (
+    PhaseFinished,
+    PhaseStarted,
+    Rehearsal,
+    RehearsalEvent,
+    RehearsalReport,
+    RehearsalSink,
+    load_check,
+    load_params,
+    smoke_check,
+)
+from rollout.engine.targets import build_target
+from rollout.paths import state_dir
+
+PLAN_ARG = typer.Argument(..., help="A plan file, e.g. plans/local.yaml.", show_default=False)
+JSON_OPT = typer.Option(False, "--json", help="Print one JSON document on stdout instead.")
+MARK = {"passed": "[green]✓ passed[/green]", "failed": "[red]✗ failed[/red]",
+        "skipped": "[dim]- skipped[/dim]"}
+
+
+def _quiet(event: RehearsalEvent) -> None:
+    """The sink of `--json` runs: stdout carries only the final document."""
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def _write(path: str | None, text: str) -> None:
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(text)
+
+
+# ---- smoke ---------------------------------------------------------------------------------------
+
+
+def _smoke_table(report: SmokeReport) -> Table:
+    table = Table("flow", "result", "seconds", "detail", title=f"smoke → {report.target}")
+    for flow in report.flows:
+        table.add_row(flow.name, MARK["passed" if flow.passed else "failed"],
+                      f"{flow.seconds:.2f}", flow.detail)
+    return table
+
+
+@app.command()
+def smoke(
+    plan: str = PLAN_ARG,
+    keep: bool = typer.Option(False, "--keep", help="Keep the demo users and what flows wrote."),
+    junit: str = typer.Option(None, "--junit", help="Also write a JUnit XML report here."),
+    json_output: bool = JSON_OPT,
+) -> None:
+    """Seed the demo cast and run the seed's §4.2 flows against PLAN's target, over HTTP.
+
+    Prints each flow with its verdict and time. Exit 1 when any flow fails.
+    """
+    loaded = load_plan(Path(plan))
+    target = build_target(loaded)
+    masker = Masker(loaded.secrets)
+    sink = _quiet if json_output else HumanRenderer(out)
+    report, _ = smoke_check(target, lambda e: sink(masker.event(e)), keep=keep)
+    masker.add(target.secret_values())
+    _write(junit, masker.text(report.to_junit_xml()))
+    if json_output:
+        print(masker.text(report.to_json()))
+    else:
+        out.print(_smoke_table(report))
+        passed = sum(f.passed for f in report.flows)
+        color = "green" if report.passed else "red"
+        out.print(f"[{color}]{passed}/{len(report.flows)} flows passed[/{color}] in "
+                  f"{report.seconds:.1f}s")
+    raise typer.Exit(0 if report.passed else 1)
+
+
+# ---- load ---------------------------------------------------------------------------------------
+
+
+def _load_tables(report: LoadReport) -> list[Table]:
+    endpoints = Table("endpoint", "requests", "rate/s", "p50 ms", "p95 ms", "p99 ms", "errors",
+                      title=f"k6: {report.requests} requests at {report.rate:.1f}/s, "
+                            f"error rate {report.error_rate:.2%}, {report.seconds:.1f}s")
+    for e in report.endpoints.values():
+        endpoints.add_row(e.kind, str(e.requests), f"{e.rate:.1f}", _ms(e.p50_ms), _ms(e.p95_ms),
+                          _ms(e.p99_ms), "-" if e.error_rate is None else f"{e.error_rate:.2%}")
+    thresholds = Table("threshold", "observed", "verdict", title="thresholds")
+    for t in report.thresholds:
+        verdict = MARK["passed"] if t.verdict == "passed" else "[red]✗ crossed[/red]"
+        thresholds.add_row(f"{t.metric} {t.expression}",
+                           "-" if t.observed is None else f"{t.observed:.4g}", verdict)
+    return [endpoints, thresholds]
+
+
+@app.command()
+def load(
+    plan: str = PLAN_ARG,
+    emit_k6_operator_file: str = typer.Option(
+        None, "--emit-k6-operator",
+        help="Write a k6-operator TestRun manifest here instead of running k6."),
+    parallelism: int = typer.Option(1, help="Runner pods of the k6-operator manifest."),
+    json_output: bool = JSON_OPT,
+) -> None:
+    """Run the seed's §4.3 load (k6) against PLAN's target, sized by its `check.load` step.
+
+    Shows live progress, then per endpoint: requests, rate, p50/p95/p99, error rate, and each
+    threshold's verdict. Exit 1 when a threshold is crossed.
+    """
+    loaded = load_plan(Path(plan))
+    params = load_params(loaded)
+    if emit_k6_operator_file:
+        params.parallelism = parallelism
+        path = emit_k6_operator(params, default_script(), Path(emit_k6_operator_file))
+        out.print(f"wrote {path} (k6-operator TestRun, {parallelism} runner(s))")
+        return
+    target = build_target(loaded)
+    masker = Masker(loaded.secrets)
+    sink = _quiet if json_output else HumanRenderer(out)
+    _sigterm_as_interrupt()
+    folder = state_dir() / "checks" / f"load-{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
+    report = load_check(target, lambda e: sink(masker.event(e)), params, folder)
+    if json_output:
+        print(report.to_json())
+    else:
+        for table in _load_tables(report):
+            out.print(table)
+        color = "green" if report.passed else "red"
+        verdict = "thresholds met" if report.passed else "thresholds crossed"
+        out.print(f"[{color}]{verdict}[/{color}]; k6 summary: {report.summary_path}")
+    raise typer.Exit(0 if report.passed else 1)
+
+
+# ---- rehearse -----------------------------------------------------------------------------------
+
+
+class RehearsalRenderer:
+    """Phase lines around the engine's own step lines; one line per engine run, not a table."""
+
+    def __init__(self) -> None:
+        self.steps = HumanRenderer(out)
+
+    def __call__(self, event: RehearsalEvent) -> None:
+        if isinstance(event, PhaseStarted):
+            out.print(f"[bold]{event.index}/{event.total} {event.name}[/bold] "
+                      f"[dim]{event.description}[/dim]")
+        elif isinstance(event, PhaseFinished):
+            self.steps._stop_spinner()
+            out.print(f"  {MARK.get(event.status, event.status)} {event.name} "
+                      f"[dim]{event.seconds:.1f}s {event.summary}[/dim]", soft_wrap=True)
+            for problem in event.problems[1:]:
+                out.print(f"    [red]• {problem}[/red]", soft_wrap=True)
+        elif isinstance(event, RunStarted):
+            self.steps.finished = []
+        elif isinstance(event, RunFinished):
+            self.steps._stop_spinner()
+        elif (isinstance(event, Notice) and event.level == "info") or (
+                isinstance(event, StepFinished) and event.action == "check"):
+            return  # a check's result is the phase's own line
+        else:
+            self.steps(event)
+
+
+def _summary(report: RehearsalReport) -> None:
+    table = Table("#", "phase", "result", "seconds", "what", title=f"rehearsal {report.run_id[:8]} "
+                  f"of {report.plan} → {report.environment} (plan {report.plan_checksum[:12]})")
+    for i, phase in enumerate(report.phases, 1):
+        table.add_row(str(i), phase.name, MARK.get(phase.status, phase.status),
+                      f"{phase.seconds:.1f}", phase.summary)
+    out.print(table)
+    for difference in report.schema.get("differences", []):
+        out.print(f"[red]• schema: {difference}[/red]", soft_wrap=True)
+    color = "green" if report.passed else "red"
+    verdict = "rehearsal passed" if report.passed else "rehearsal FAILED"
+    out.print(f"[{color}]{verdict}[/{color}] in {report.seconds:.1f}s; artifacts: "
+              f"{report.artifacts}", soft_wrap=True)
+
+
+@app.command()
+def rehearse(
+    plan: str = PLAN_ARG,
+    report_file: str = typer.Option(None, "--report", help="Write the JSON report here."),
+    junit: str = typer.Option(None, "--junit", help="Write the phases as JUnit XML here."),
+    keep: bool = typer.Option(False, "--keep", help="Keep the smoke demo data at the end."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+    json_output: bool = JSON_OPT,
+) -> None:
+    """Rehearse PLAN's rollback: apply → smoke → rollback → verify → apply → smoke.
+
+    The rollback must return the app schema exactly to its pre-apply snapshot and keep every
+    message and report. The result is journaled (`rollout history`) under the plan's checksum.
+    Exit 1 when a phase fails, 3 when the rollback itself failed.
+    """
+    loaded: Plan = load_plan(Path(plan))
+    _confirm_production(loaded, yes, "rehearse (apply, roll back and apply again)")
+    _sigterm_as_interrupt()
+    sink: RehearsalSink = _quiet if json_output else RehearsalRenderer()
+    rehearsal = Rehearsal(loaded, build_target(loaded), sink, keep=keep)
+    report = rehearsal.run()
+    document = json.dumps(rehearsal.masker.data(report.to_dict()), indent=2, default=str)
+    _write(report_file, document + "\n")
+    _write(junit, rehearsal.masker.text(report.to_junit_xml()))
+    if json_output:
+        print(document)
+    else:
+        _summary(report)
+    raise typer.Exit(report.exit_code)
