@@ -127,8 +127,35 @@ def maintenance_tables(conn: psycopg.Connection, schemas: list[str]) -> list[tup
     return [(r[0], r[1], bool(r[2])) for r in rows]
 
 
+MAINTENANCE_FUNCTIONS_DDL = """
+create schema if not exists rollout;
+create table if not exists rollout.maintenance_functions (
+  signature text primary key,
+  revoked_from text[] not null,
+  granted_to text[] not null
+);
+"""
+
+# Volatile SECURITY DEFINER functions run as their owner, so RLS (and with it the window's
+# restrictive policies) does not see their writes: the window takes EXECUTE away from the API
+# roles for exactly those, and gives it back afterwards. Stable/immutable definer helpers
+# (the ones policies call) are left alone, so reads keep working during the window.
+WRITER_FUNCTIONS_SQL = """
+select p.oid::regprocedure::text as signature,
+       array(select case when a.grantee = 0 then 'public' else a.grantee::regrole::text end
+             from aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) a
+             where a.privilege_type = 'EXECUTE'
+               and (a.grantee = 0 or a.grantee::regrole::text = any(%(roles)s))) as grantees,
+       has_function_privilege('service_role', p.oid, 'EXECUTE') as service_can
+from pg_proc p join pg_namespace n on n.oid = p.pronamespace
+where n.nspname = any(%(schemas)s) and p.prosecdef and p.provolatile = 'v'
+  and p.prokind in ('f', 'p')
+"""
+
+
 def maintenance_on(url: str, schemas: list[str]) -> dict[str, Any]:
-    """Refuse writes by the API roles: a restrictive policy per write command on every table.
+    """Refuse writes by the API roles: a restrictive policy per write command on every table,
+    and no EXECUTE on volatile security-definer functions (they would bypass RLS).
 
     Restrictive policies are ANDed with the table's own, so nothing else changes, and the
     owner's session (the migration's) is not subject to RLS. Tables without RLS are listed as
@@ -152,12 +179,76 @@ def maintenance_on(url: str, schemas: list[str]) -> dict[str, Any]:
                     + ", ".join(API_ROLES) + " " + clause).format(
                     sql.Identifier(name), sql.Identifier(schema), sql.Identifier(table)))
             protected.append(f"{schema}.{table}")
+        functions = _close_writer_functions(conn, schemas)
         conn.commit()
-    return {"protected": protected, "unprotected": unprotected}
+    return {"protected": protected, "unprotected": unprotected, "functions": functions}
+
+
+def _close_writer_functions(conn: psycopg.Connection[Any], schemas: list[str]) -> list[str]:
+    conn.execute(MAINTENANCE_FUNCTIONS_DDL)
+    closed: list[str] = []
+    rows = conn.execute(WRITER_FUNCTIONS_SQL, {"roles": list(API_ROLES), "schemas": schemas})
+    for signature, grantees, service_can in rows.fetchall():
+        if not grantees:
+            continue
+        # service_role may hold EXECUTE only through PUBLIC: keep it able to run the function.
+        granted = ["service_role"] if "public" in grantees and service_can and not \
+            _explicit_execute(conn, signature, "service_role") else []
+        for role in granted:
+            conn.execute(sql.SQL("grant execute on function {} to {}").format(
+                sql.SQL(signature), sql.Identifier(role)))
+        for role in grantees:
+            conn.execute(sql.SQL("revoke execute on function {} from {}").format(
+                sql.SQL(signature), _grantee(role)))
+        conn.execute(
+            "insert into rollout.maintenance_functions (signature, revoked_from, granted_to) "
+            "values (%s, %s, %s) on conflict (signature) do update set revoked_from = "
+            "(select array(select distinct unnest(maintenance_functions.revoked_from "
+            "|| excluded.revoked_from))), granted_to = (select array(select distinct "
+            "unnest(maintenance_functions.granted_to || excluded.granted_to)))",
+            (signature, list(grantees), granted))
+        closed.append(signature)
+    return closed
+
+
+def _grantee(role: str) -> sql.Composable:
+    return sql.SQL("public") if role == "public" else sql.Identifier(role)
+
+
+def _explicit_execute(conn: psycopg.Connection[Any], signature: str, role: str) -> bool:
+    row = conn.execute(
+        "select exists (select from aclexplode(coalesce((select proacl from pg_proc "
+        "where oid = %s::regprocedure), '{}')) a "
+        "where a.grantee = %s::regrole and a.privilege_type = 'EXECUTE')",
+        (signature, role)).fetchone()
+    return bool(row and row[0])
+
+
+def _reopen_writer_functions(conn: psycopg.Connection[Any]) -> list[str]:
+    exists = conn.execute("select to_regclass('rollout.maintenance_functions')").fetchone()
+    if not exists or exists[0] is None:
+        return []
+    reopened: list[str] = []
+    rows = conn.execute("select signature, revoked_from, granted_to, "
+                        "to_regprocedure(signature) is not null "
+                        "from rollout.maintenance_functions").fetchall()
+    for signature, revoked_from, granted_to, still_there in rows:
+        if still_there:  # a function the migration dropped has nothing to give back
+            for role in revoked_from:
+                conn.execute(sql.SQL("grant execute on function {} to {}").format(
+                    sql.SQL(signature), _grantee(role)))
+            for role in granted_to:
+                conn.execute(sql.SQL("revoke execute on function {} from {}").format(
+                    sql.SQL(signature), sql.Identifier(role)))
+            reopened.append(signature)
+        conn.execute("delete from rollout.maintenance_functions where signature = %s",
+                     (signature,))
+    return reopened
 
 
 def maintenance_off(url: str) -> list[str]:
-    """Drop every maintenance policy, wherever it is (also after a crash). Idempotent."""
+    """Drop every maintenance policy and give functions back their EXECUTE, wherever they
+    are (also after a crash). Idempotent."""
     lifted: list[str] = []
     with connect(url, autocommit=False) as conn:
         rows = conn.execute(
@@ -168,14 +259,19 @@ def maintenance_off(url: str) -> list[str]:
             conn.execute(sql.SQL("drop policy if exists {} on {}.{}").format(
                 sql.Identifier(policy), sql.Identifier(schema), sql.Identifier(table)))
             lifted.append(f"{schema}.{table}")
+        lifted += _reopen_writer_functions(conn)
         conn.commit()
     return sorted(set(lifted))
 
 
 def maintenance_active(url: str) -> bool:
     with connect(url) as conn:
-        row = conn.execute("select exists (select from pg_policies where policyname like %s)",
+        row = conn.execute("select exists (select from pg_policies where policyname like %s), "
+                           "to_regclass('rollout.maintenance_functions') is not null",
                            (MAINTENANCE_PREFIX + "%",)).fetchone()
+        if row and not row[0] and row[1]:
+            row = conn.execute("select exists (select from rollout.maintenance_functions)"
+                               ).fetchone()
     return bool(row and row[0])
 
 
