@@ -1,0 +1,74 @@
+"""`rollout db restore` and `rollout cron status`: the operator's hands on the target."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from rollout.adapters import database as db
+from rollout.cli.app import app, out
+from rollout.cli.release import PLAN_OR_ENV, _resolve
+from rollout.engine.targets import build_target
+from rollout.errors import UsageError
+
+db_app = typer.Typer(help="Backups: restore a dump taken by a `db.backup` step.",
+                     no_args_is_help=True)
+cron_app = typer.Typer(help="The scheduled jobs a plan created.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(cron_app, name="cron")
+
+
+@db_app.command()
+def restore(
+    plan: str = PLAN_OR_ENV,
+    file: Path = typer.Argument(..., exists=True, dir_okay=False, help="A custom-format dump."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+) -> None:
+    """Restore FILE over the plan's database (one transaction; the journal is left alone).
+
+    Objects in the dump are dropped and recreated from it; rows written since the dump are
+    lost. Asks for the environment name unless --yes.
+    """
+    loaded = _resolve(plan)
+    target = build_target(loaded)
+    target.prepare()
+    entries = db.pg_restore_list(target.pg_tool("pg_restore"), file)
+    if not yes:
+        if not sys.stdin.isatty():
+            raise UsageError("restoring replaces data: pass --yes when not interactive")
+        typed = typer.prompt(f"Restore {file.name} ({entries} entries) over {loaded.environment}? "
+                             f"Type the environment name to continue")
+        if typed.strip() != loaded.environment:
+            raise UsageError("the environment name did not match: nothing was changed")
+    with out.status(f"restoring {file.name}…"):
+        db.pg_restore(target.pg_tool("pg_restore"), target.db_url, file)
+    out.print(f"[green]restored {file.name} ({entries} entries) into {loaded.environment}[/green]")
+
+
+@cron_app.command("status")
+def cron_status(
+    plan: str = PLAN_OR_ENV,
+    job: str = typer.Option("reset-broadcast-quotas", help="The job name."),
+    json_output: bool = typer.Option(False, "--json", help="One JSON document."),
+) -> None:
+    """The job's schedule and its last runs (pg_cron's job_run_details on Supabase)."""
+    loaded = _resolve(plan)
+    target = build_target(loaded)
+    status = target.scheduler.status(job)
+    if json_output:
+        print(json.dumps(status, default=str, indent=2))
+        return
+    if not status.get("job"):
+        out.print(f"no job {job!r} on {loaded.environment}")
+        raise typer.Exit(1)
+    out.print(f"{job}: '{status['job'].get('schedule')}' UTC → {status['job'].get('function', '')}")
+    table = Table("started", "finished", "status", "detail")
+    for run in status.get("runs", []):
+        table.add_row(str(run.get("started") or run.get("start_time")),
+                      str(run.get("finished") or run.get("end_time")), str(run.get("status")),
+                      str(run.get("detail") or run.get("return_message") or ""))
+    out.print(table)
