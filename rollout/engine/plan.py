@@ -42,7 +42,8 @@ class SupabaseTarget(Strict):
     anon_key: str = ""
     service_role_key: str = ""
     jwt_secret: str = Field("", description="The project's JWT secret, to mint smoke-test tokens.")
-    api_url: str = "https://api.supabase.com"
+    api_url: str | None = Field(None, description="Management API base URL (default: "
+                                 "SUPABASE_API_URL or https://api.supabase.com).")
 
 
 class Notifications(Strict):
