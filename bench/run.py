@@ -324,8 +324,8 @@ def write_results(info: dict[str, str], dm: dict[str, Any], fanout: dict[int, fl
          f"({INBOX_CALLS} calls)", f"p50 {inbox['p50']:.1f} ms, p99 {inbox['p99']:.1f} ms"),
         (f"maintenance window (writes refused, on → off) applying v2 to "
          f"{LEGACY_MESSAGES:,} messages / {LEGACY_CONVERSATIONS:,} conversations",
-         f"{window['window_seconds']:.1f} s"),
-        ("… of which the migration file itself", f"{window['migration_seconds']:.1f} s"),
+         f"{window['window_seconds']:.2f} s"),
+        ("… of which the migration file itself", f"{window['migration_seconds']:.3f} s"),
         ("… seeding that data (generate_series, triggers off)", f"{window['seed_seconds']:.1f} s"),
         (f"k6 (seed §4.3 scaled: {K6_PARAMS.dm_vus} DM VUs × {K6_PARAMS.dm_duration}, "
          f"{K6_PARAMS.broadcasts} broadcasts × {K6_PARAMS.attendees_per_show} recipients)",
