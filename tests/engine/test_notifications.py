@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -43,8 +44,9 @@ class Receiver:
         return [str(b["text"]) for b in self.bodies("/slack")]
 
 
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
+@contextmanager
+def serve_receiver() -> Iterator[Receiver]:
+    """A Slack/PagerDuty stand-in on a free 127.0.0.1 port, for the block."""
     posts: list[tuple[str, Any]] = []
 
     class Handler(BaseHTTPRequestHandler):
@@ -74,6 +76,12 @@ def receiver() -> Iterator[Receiver]:
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    with serve_receiver() as running:
+        yield running
 
 
 def dead_url() -> str:
