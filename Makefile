@@ -16,7 +16,7 @@ $(UV):
 	.tools/bin/pip install --quiet uv==0.13.8
 
 $(VENV)/.installed: $(UV) pyproject.toml uv.lock deno.json deno.lock rollout/adapters/local_stack/deno.lock
-	$(UV) sync --frozen --quiet
+	$(UV) sync --frozen --quiet --compile-bytecode
 	$(DENO) install --frozen --quiet --config deno.json --entrypoint functions/*/index.ts
 	$(DENO) cache --frozen --quiet --config rollout/adapters/local_stack/deno.json rollout/adapters/local_stack/gateway.ts
 	@scripts/system-packages.sh

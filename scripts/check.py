@@ -17,12 +17,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = ROOT / ".venv" / "bin"
+# The suite starts the CLI as a subprocess hundreds of times: let Python keep its bytecode
+# (a shell may set PYTHONDONTWRITEBYTECODE), or every start recompiles every module.
+BASE_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
 
 
 def run(title: str, argv: list[str], env: dict[str, str] | None = None) -> bool:
     print(f"\n=== {title}: {' '.join(argv)}", flush=True)
     began = time.monotonic()
-    code = subprocess.call(argv, cwd=ROOT, env={**os.environ, **(env or {})})
+    code = subprocess.call(argv, cwd=ROOT, env={**BASE_ENV, **(env or {})})
     print(f"=== {title}: {'ok' if code == 0 else f'FAILED (exit {code})'} "
           f"in {time.monotonic() - began:.1f}s", flush=True)
     return code == 0
@@ -44,7 +47,7 @@ def junit_counts(path: Path) -> tuple[int, int]:
 
 def deno_stack_env(state: Path) -> dict[str, str]:
     """Bring up a throw-away local stack with the messaging system applied; its test env."""
-    env = {**os.environ, "ROLLOUT_STATE_DIR": str(state)}
+    env = {**BASE_ENV, "ROLLOUT_STATE_DIR": str(state)}
     subprocess.run([str(BIN / "rollout"), "apply", "plans/local.yaml", "--yes", "--to",
                     "deploy-functions"], cwd=ROOT, env=env, check=True)
     from rollout.adapters.local_stack.stack import LocalStack
@@ -83,7 +86,7 @@ def main() -> int:
                                 "--reporter=dot", f"--junit-path={deno_xml}", "functions/"], env)
     finally:
         subprocess.run([str(BIN / "rollout"), "local", "down"], cwd=ROOT,
-                       env={**os.environ, "ROLLOUT_STATE_DIR": str(state)}, check=False)
+                       env={**BASE_ENV, "ROLLOUT_STATE_DIR": str(state)}, check=False)
     (py_passed, py_failed), (deno_passed, deno_failed) = (junit_counts(pytest_xml),
                                                           junit_counts(deno_xml))
     passed, failed = py_passed + deno_passed, py_failed + deno_failed
