@@ -17,7 +17,6 @@ import httpx
 import psycopg
 
 from rollout.adapters.database import connect
-from rollout.adapters.supabase_target import SupabaseTarget
 from rollout.adapters.targets import Target
 from rollout.errors import RolloutError, UsageError
 
@@ -148,6 +147,8 @@ def error_counts(target: Target, functions: tuple[str, ...] = DEFAULT_FUNCTIONS,
         counters = response.json().get("counters", {})
         return ErrorCounts(int(counters.get("function_requests", 0)),
                            int(counters.get("function_errors", 0)), "gateway counters")
+    from rollout.adapters.supabase_target import SupabaseTarget  # only Supabase needs it
+
     if not isinstance(target, SupabaseTarget):
         raise UsageError(f"no error-rate source for a {target.kind} target")
     api = target.api

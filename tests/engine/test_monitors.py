@@ -16,11 +16,13 @@ from pathlib import Path
 
 import httpx
 import pytest
+import respx
 
 from rollout.adapters.local_stack.postgres import shared_dir
 from rollout.adapters.local_stack.processes import stop_pid
 from rollout.adapters.local_stack.stack import LocalStack
-from rollout.adapters.monitors import parse_rate
+from rollout.adapters.monitors import error_rate, parse_rate
+from rollout.adapters.supabase_target import SupabaseTarget
 from rollout.errors import UsageError
 from tests.engine.conftest import Cli
 from tests.engine.test_flags_cli import run_all
@@ -134,3 +136,27 @@ def test_rates_read_as_percentages_or_fractions() -> None:
     for bad in ("150%", "-1", "fast"):
         with pytest.raises(UsageError):
             parse_rate(bad)
+
+
+def test_supabase_error_rate_comes_from_the_edge_logs() -> None:
+    """The Management API faked at the HTTP boundary (its published shapes)."""
+    ref, base = "abcdefghijklmnopqrst", "https://api.supabase.test"
+    target = SupabaseTarget({"project_ref": ref, "access_token": "sbp_" + "x" * 40,
+                             "database_url": "postgresql://u@db.invalid/postgres",
+                             "supabase_url": f"https://{ref}.supabase.co", "api_url": base})
+    counts = {"send-broadcast": (2000, 3), "reset-broadcast-quotas": (10, 0)}
+    with respx.mock(base_url=base, assert_all_called=True) as router:
+        for slug in counts:
+            router.get(f"/v1/projects/{ref}/functions/{slug}").respond(json={
+                "id": f"id-{slug}", "slug": slug, "name": slug, "status": "ACTIVE",
+                "version": 4})
+        logs = router.get(f"/v1/projects/{ref}/analytics/endpoints/logs.all")
+        logs.side_effect = [httpx.Response(200, json={"result": [
+            {"requests": r, "server_errors": e, "client_errors": 1}]}) for r, e in
+            counts.values()]
+        strict, _ = error_rate(target, parse_rate("0.1%"))
+        assert "function_edge_logs" in logs.calls[0].request.url.params["sql"]
+    assert strict.ok is False and strict.detail["requests"] == 2010
+    assert strict.detail["errors"] == 3
+    assert strict.detail["per_function"]["send-broadcast"] == {"requests": 2000, "errors": 3}
+    assert strict.value == pytest.approx(3 / 2010)
