@@ -81,7 +81,7 @@ class Notifier:
             return
         try:
             self._handle(event)
-        except Exception as err:  # a notification never fails the release
+        except Exception as err:  # noqa: BLE001 — a notification never fails the release
             self._notice("notifications", f"failed ({type(err).__name__})")
 
     # ---- events → messages ---------------------------------------------------------------
