@@ -9,19 +9,19 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.table import Table
 
-from rollout.adapters import flags
 from rollout.cli.app import app, out
 from rollout.cli.release import _load, _resolve
-from rollout.engine.plan import Plan
-from rollout.engine.runner import operator_name
-from rollout.engine.targets import build_target
 from rollout.errors import UsageError
 from rollout.paths import project_root
+
+if TYPE_CHECKING:
+    from rollout.adapters import flags
+    from rollout.engine.plan import Plan
 
 flag_app = typer.Typer(
     help="Feature flags (`messaging_v2_enabled`): percentages with sticky bucketing, audited. "
@@ -52,6 +52,9 @@ def plan_for(plan: str | None, env: str | None) -> Plan:
 
 def db_url_for(plan: Plan) -> str:
     """The plan's target database, which must be running (flags never start a stack)."""
+    from rollout.adapters import flags
+    from rollout.engine.targets import build_target
+
     target = build_target(plan)
     if not target.reachable():
         raise UsageError(f"the {plan.model.target.kind} target of {plan.path.name} "
@@ -85,6 +88,9 @@ def _flag_dict(flag: flags.Flag) -> dict[str, Any]:
 
 def _change(url: str, name: str, percentage: int, reason: str | None, allow_decrease: bool,
             json_output: bool, plan: Plan, verb: str) -> None:
+    from rollout.adapters import flags
+    from rollout.engine.runner import operator_name
+
     who = operator_name()
     change = flags.set_flag(url, name, percentage, actor=who, reason=reason,
                             allow_decrease=allow_decrease)
@@ -107,6 +113,8 @@ def _change(url: str, name: str, percentage: int, reason: str | None, allow_decr
 def list_command(plan: str = PLAN_OPT, env: str = ENV_OPT,
                  json_output: bool = JSON_OPT) -> None:
     """Every flag of the target with its percentage."""
+    from rollout.adapters import flags
+
     loaded = plan_for(plan, env)
     found = flags.list_flags(db_url_for(loaded))
     if json_output:
@@ -123,6 +131,8 @@ def list_command(plan: str = PLAN_OPT, env: str = ENV_OPT,
 def get_command(name: str = NAME_ARG, plan: str = PLAN_OPT, env: str = ENV_OPT,
                 json_output: bool = JSON_OPT) -> None:
     """One flag: its percentage and its last change."""
+    from rollout.adapters import flags
+
     loaded = plan_for(plan, env)
     url = db_url_for(loaded)
     flag = flags.get_flag(url, name)
@@ -184,6 +194,8 @@ def history_command(
     json_output: bool = JSON_OPT,
 ) -> None:
     """Every change of a flag: when, who, from, to, why (the database's audit trail)."""
+    from rollout.adapters import flags
+
     loaded = plan_for(plan, env)
     url = db_url_for(loaded)
     flags.get_flag(url, name)

@@ -11,18 +11,20 @@ import json
 import time
 from collections.abc import Callable
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 import typer
 from rich.live import Live
 from rich.table import Table
 
-from rollout.adapters import monitors
-from rollout.adapters.monitors import CheckResult
-from rollout.adapters.targets import Target
 from rollout.cli.app import app, out
 from rollout.cli.flags_cmd import ENV_OPT, PLAN_OPT, plan_for
-from rollout.engine.targets import build_target
 from rollout.errors import UsageError
+
+if TYPE_CHECKING:
+    from rollout.adapters import monitors
+    from rollout.adapters.monitors import CheckResult
+    from rollout.adapters.targets import Target
 
 check_app = typer.Typer(
     help="Monitors of a live environment (runbook §6). Exit 1 on a breach: run them from cron, "
@@ -37,6 +39,8 @@ WATCH_OPT = typer.Option(None, "--watch", metavar="SECONDS",
 
 
 def _target(plan: str | None, env: str | None) -> Target:
+    from rollout.engine.targets import build_target
+
     loaded = plan_for(plan, env)
     target = build_target(loaded)
     if not target.reachable():
@@ -69,6 +73,7 @@ def _print(result: CheckResult, json_output: bool) -> None:
 
 def _run(measure: Callable[[], CheckResult], watch: float | None, json_output: bool) -> None:
     """Once, or every `watch` seconds until Ctrl-C; exit 1 when the (last) result breached."""
+
     if watch is None:
         result = measure()
         _print(result, json_output)
@@ -102,6 +107,8 @@ def reports(
     json_output: bool = JSON_OPT,
 ) -> None:
     """Pending moderation reports (`reported_messages` with report_status 'pending')."""
+    from rollout.adapters import monitors
+
     target = _target(plan, env)
     _run(lambda: monitors.pending_reports(target.db_url, max_pending), watch, json_output)
 
@@ -118,6 +125,8 @@ def health(
     json_output: bool = JSON_OPT,
 ) -> None:
     """`GET /functions/v1/send-broadcast/health`: status and latency (breach unless 200)."""
+    from rollout.adapters import monitors
+
     target = _target(plan, env)
     _run(lambda: monitors.function_health(target, function, max_latency), watch, json_output)
 
@@ -134,6 +143,8 @@ def errors(
     json_output: bool = JSON_OPT,
 ) -> None:
     """Edge-function error rate: local from the gateway's counters, Supabase from its logs."""
+    from rollout.adapters import monitors
+
     rate = monitors.parse_rate(max_rate)
     if not 1 <= window <= 24 * 60:
         raise UsageError("--window is 1 to 1440 minutes (the logs API reads at most 24 hours)")

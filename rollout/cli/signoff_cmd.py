@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
 
 from rollout.cli.app import app, out
 from rollout.cli.release import _resolve
-from rollout.engine import signoff as checklist
-from rollout.engine.journal import Journal
-from rollout.engine.runner import operator_name
-from rollout.engine.targets import build_target
 from rollout.errors import UsageError
+
+if TYPE_CHECKING:
+    pass
 
 STATE = {"ok": "[green]✓[/green]", "missing": "[red]✗ missing[/red]", "n/a": "[dim]n/a[/dim]"}
 
@@ -34,6 +34,11 @@ def signoff(
     item holds, appends a CHANGELOG entry (ROLLOUT_CHANGELOG, default CHANGELOG.md) and
     announces the release in the plan's Slack channel, once per plan version.
     """
+    from rollout.engine import signoff as checklist
+    from rollout.engine.journal import Journal
+    from rollout.engine.runner import operator_name
+    from rollout.engine.targets import build_target
+
     loaded = _resolve(plan)
     target = build_target(loaded)
     if not target.reachable():
