@@ -5,30 +5,25 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
 
-from rollout.adapters.k6 import LoadReport, default_script, emit_k6_operator
-from rollout.adapters.smoke import SmokeReport
 from rollout.cli.app import app, out
 from rollout.cli.release import _confirm_production, _sigterm_as_interrupt
 from rollout.cli.render import HumanRenderer
-from rollout.engine.events import Masker, Notice, RunFinished, RunStarted, StepFinished
-from rollout.engine.plan import Plan, load_plan
-from rollout.engine.rehearsal import (
-    PhaseFinished,
-    PhaseStarted,
-    Rehearsal,
-    RehearsalEvent,
-    RehearsalReport,
-    RehearsalSink,
-    load_check,
-    load_params,
-    smoke_check,
-)
-from rollout.engine.targets import build_target
 from rollout.paths import state_dir
+
+if TYPE_CHECKING:
+    from rollout.adapters.k6 import LoadReport
+    from rollout.adapters.smoke import SmokeReport
+    from rollout.engine.plan import Plan
+    from rollout.engine.rehearsal import (
+        RehearsalEvent,
+        RehearsalReport,
+        RehearsalSink,
+    )
 
 PLAN_ARG = typer.Argument(..., help="A plan file, e.g. plans/local.yaml.", show_default=False)
 JSON_OPT = typer.Option(False, "--json", help="Print one JSON document on stdout instead.")
@@ -72,6 +67,11 @@ def smoke(
 
     Prints each flow with its verdict and time. Exit 1 when any flow fails.
     """
+    from rollout.engine.events import Masker
+    from rollout.engine.plan import load_plan
+    from rollout.engine.rehearsal import smoke_check
+    from rollout.engine.targets import build_target
+
     loaded = load_plan(Path(plan))
     target = build_target(loaded)
     masker = Masker(loaded.secrets)
@@ -122,6 +122,12 @@ def load(
     Shows live progress, then per endpoint: requests, rate, p50/p95/p99, error rate, and each
     threshold's verdict. Exit 1 when a threshold is crossed.
     """
+    from rollout.adapters.k6 import default_script, emit_k6_operator
+    from rollout.engine.events import Masker
+    from rollout.engine.plan import load_plan
+    from rollout.engine.rehearsal import load_check, load_params
+    from rollout.engine.targets import build_target
+
     loaded = load_plan(Path(plan))
     params = load_params(loaded)
     if emit_k6_operator_file:
@@ -156,6 +162,9 @@ class RehearsalRenderer:
         self.steps = HumanRenderer(out)
 
     def __call__(self, event: RehearsalEvent) -> None:
+        from rollout.engine.events import Notice, RunFinished, RunStarted, StepFinished
+        from rollout.engine.rehearsal import PhaseFinished, PhaseStarted
+
         if isinstance(event, PhaseStarted):
             out.print(f"[bold]{event.index}/{event.total} {event.name}[/bold] "
                       f"[dim]{event.description}[/dim]")
@@ -206,6 +215,10 @@ def rehearse(
     message and report. The result is journaled (`rollout history`) under the plan's checksum.
     Exit 1 when a phase fails, 3 when the rollback itself failed.
     """
+    from rollout.engine.plan import load_plan
+    from rollout.engine.rehearsal import Rehearsal
+    from rollout.engine.targets import build_target
+
     loaded: Plan = load_plan(Path(plan))
     _confirm_production(loaded, yes, "rehearse (apply, roll back and apply again)")
     _sigterm_as_interrupt()

@@ -115,7 +115,7 @@ def reports(
 
 @check_app.command("health")
 def health(
-    function: str = typer.Option(monitors.HEALTH_FUNCTION, "--function",
+    function: str = typer.Option("send-broadcast", "--function",
                                  help="The function whose /health to call."),
     max_latency: float = typer.Option(None, "--max-latency", metavar="MS",
                                       help="Also breach when slower than MS milliseconds."),

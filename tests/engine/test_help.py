@@ -59,3 +59,14 @@ def test_bash_completion_completes_commands_and_options() -> None:
     assert "Usage:" not in complete("rollout ap")
     assert "--dry-run" in complete("rollout apply --dr")
     assert "up" in complete("rollout local u")
+
+
+def test_starting_the_cli_loads_no_engine() -> None:
+    """`--help` and completion must not pay for psycopg, httpx, pydantic, jwt or the supabase
+    client: every CLI module imports the engine inside its commands."""
+    probe = ("import sys, rollout.cli.main; "
+             "print(','.join(m for m in ('psycopg', 'httpx', 'pydantic', 'jwt', 'supabase', "
+             "'yaml', 'rollout.engine.runner') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True,
+                            text=True, timeout=60, check=True)
+    assert result.stdout.strip() == ""
