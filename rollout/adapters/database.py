@@ -323,16 +323,22 @@ def database_size(url: str) -> int:
 
 def pg_dump(tool: str, url: str, out: Path, exclude_schemas: list[str],
             progress: Callable[[int], None]) -> None:
-    """pg_dump in custom format, reporting the file's growth while it runs."""
-    argv = [tool, "--format=custom", "--no-password", f"--file={out}", "--dbname", url]
+    """pg_dump in custom format, reporting the file's growth while it runs.
+
+    The dump is written to `<out>.partial` and renamed to `out` only once pg_dump succeeded,
+    so a run killed mid-dump (SIGKILL, power loss) never leaves a truncated file that looks
+    like a finished backup.
+    """
+    partial = out.with_name(out.name + ".partial")
+    argv = [tool, "--format=custom", "--no-password", f"--file={partial}", "--dbname", url]
     for schema in exclude_schemas:
         argv.append(f"--exclude-schema={schema}")
     done = threading.Event()
 
     def watch() -> None:
         while not done.wait(0.25):
-            if out.exists():
-                progress(out.stat().st_size)
+            if partial.exists():
+                progress(partial.stat().st_size)
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
@@ -342,8 +348,9 @@ def pg_dump(tool: str, url: str, out: Path, exclude_schemas: list[str],
         done.set()
         watcher.join()
     if result.returncode != 0:
-        out.unlink(missing_ok=True)
+        partial.unlink(missing_ok=True)
         raise TargetError(f"pg_dump failed: {redact_url(result.stderr.strip())}")
+    partial.replace(out)
 
 
 def pg_restore_list(tool: str, dump: Path) -> int:
