@@ -167,3 +167,16 @@ def test_taken_port_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
         root.chmod(0o755)
         with pytest.raises(StackError, match=f"port {port}.*already in use"):
             LocalStack(root).up()
+
+
+def test_function_bodies_over_a_mebibyte_are_refused_at_the_gateway(stack: LocalStack) -> None:
+    stack.deploy_function("send-broadcast")
+    try:
+        response = httpx.post(f"{stack.api_url}/functions/v1/send-broadcast",
+                              content=b"x" * (1024 * 1024 + 1), timeout=30)
+        assert response.status_code == 413
+        small = httpx.post(f"{stack.api_url}/functions/v1/send-broadcast", content=b"{}",
+                           timeout=30)
+        assert small.status_code == 401  # reached the function, which wants a token
+    finally:
+        stack.remove_function("send-broadcast")

@@ -206,13 +206,12 @@ async function proxyFunction(req: Request, name: string, rest: string): Promise<
   counters.function_requests++;
   const url = new URL(req.url);
   const target = `http://127.0.0.1:${route.port}/${name}${rest}${url.search}`;
+  const body = req.method === "GET" || req.method === "HEAD" ? undefined : await req.arrayBuffer();
+  if (body && body.byteLength > MAX_BODY) {
+    return Response.json({ code: "PAYLOAD_TOO_LARGE", message: "Request body too large" }, { status: 413 });
+  }
   try {
-    const upstream = await fetch(target, {
-      method: req.method,
-      headers: req.headers,
-      body: req.method === "GET" || req.method === "HEAD" ? undefined : await req.arrayBuffer(),
-      redirect: "manual",
-    });
+    const upstream = await fetch(target, { method: req.method, headers: req.headers, body, redirect: "manual" });
     if (upstream.status >= 500) counters.function_errors++;
     return new Response(upstream.body, { status: upstream.status, headers: upstream.headers });
   } catch {
