@@ -7,10 +7,9 @@
  */
 
 import { authenticate, requireServiceRole, type Verifier } from "../_shared/auth.ts";
-import { preflight } from "../_shared/cors.ts";
 import type { Db } from "../_shared/db.ts";
 import { errorResponse } from "../_shared/errors.ts";
-import { json, methodNotAllowed, routeTail } from "../_shared/http.ts";
+import { json, serveRoutes } from "../_shared/http.ts";
 
 export const FUNCTION_NAME = "reset-broadcast-quotas";
 
@@ -40,23 +39,9 @@ export function createHandler({ verify, db }: Deps): (req: Request) => Promise<R
     return json(stats, 200);
   }
 
-  return async function handle(req: Request): Promise<Response> {
-    if (req.method === "OPTIONS") return preflight();
-    try {
-      const tail = routeTail(req.url, FUNCTION_NAME);
-      if (tail.length === 0) {
-        if (req.method !== "POST") return methodNotAllowed(["POST", "OPTIONS"]);
-        return await reset(req);
-      }
-      if (tail.length === 1 && tail[0] === "health") {
-        if (req.method !== "GET" && req.method !== "HEAD") {
-          return methodNotAllowed(["GET", "HEAD", "OPTIONS"]);
-        }
-        return await health();
-      }
-      return json({ error: "not found" }, 404);
-    } catch (err) {
-      return errorResponse(FUNCTION_NAME, err);
-    }
-  };
+  return serveRoutes(FUNCTION_NAME, {
+    post: reset,
+    health,
+    fallback: (err) => errorResponse(FUNCTION_NAME, err),
+  });
 }

@@ -8,10 +8,9 @@
  */
 
 import { authenticate, requireUser, type Verifier } from "../_shared/auth.ts";
-import { preflight } from "../_shared/cors.ts";
 import type { Db } from "../_shared/db.ts";
 import { errorResponse } from "../_shared/errors.ts";
-import { BodyTooLarge, json, methodNotAllowed, readBodyText, routeTail } from "../_shared/http.ts";
+import { BodyTooLarge, json, readBodyText, serveRoutes } from "../_shared/http.ts";
 import { parseBroadcast, SenderMismatch, ValidationError } from "./validate.ts";
 
 export const FUNCTION_NAME = "send-broadcast";
@@ -70,27 +69,16 @@ export function createHandler({ verify, db }: Deps): (req: Request) => Promise<R
     return json(result, 200);
   }
 
-  return async function handle(req: Request): Promise<Response> {
-    if (req.method === "OPTIONS") return preflight();
-    try {
-      const tail = routeTail(req.url, FUNCTION_NAME);
-      if (tail.length === 0) {
-        if (req.method !== "POST") return methodNotAllowed(["POST", "OPTIONS"]);
-        return await send(req);
-      }
-      if (tail.length === 1 && tail[0] === "health") {
-        if (req.method !== "GET" && req.method !== "HEAD") {
-          return methodNotAllowed(["GET", "HEAD", "OPTIONS"]);
-        }
-        return await health();
-      }
-      return json({ error: "not found" }, 404);
-    } catch (err) {
+  return serveRoutes(FUNCTION_NAME, {
+    post: send,
+    health,
+    onError: (err) => {
       if (err instanceof ValidationError) {
         return json({ error: err.message, field: err.field }, 400);
       }
       if (err instanceof SenderMismatch) return json({ error: err.message }, 403);
-      return errorResponse(FUNCTION_NAME, err);
-    }
-  };
+      return null;
+    },
+    fallback: (err) => errorResponse(FUNCTION_NAME, err),
+  });
 }
