@@ -42,6 +42,8 @@ create table if not exists rollout.runs (
   finished_at timestamptz,
   message text
 );
+-- What the run shipped (Plan.release_fingerprint): matches a staging rehearsal to production.
+alter table rollout.runs add column if not exists release_fingerprint text;
 create index if not exists runs_environment_started on rollout.runs (environment, started_at desc);
 create table if not exists rollout.step_events (
   id bigserial primary key,
@@ -114,6 +116,8 @@ class RunInfo:
     started_at: datetime
     finished_at: datetime | None
     message: str | None
+    release_fingerprint: str | None = None
+    """sha256 of the files the plan ships (Plan.release_fingerprint); None before it existed."""
 
 
 @dataclass
@@ -136,6 +140,7 @@ class Journal:
         self.url = url
         self.masker = masker or Masker()
         self._conn: psycopg.Connection[Any] | None = None
+        self._fingerprint_column: bool | None = None  # older journals lack it until upgraded
 
     # ---- connection ------------------------------------------------------------------------
 
@@ -161,6 +166,7 @@ class Journal:
         self.conn.execute("select pg_advisory_lock(hashtext('rollout:journal-schema'))")
         try:
             self.conn.execute(SCHEMA_SQL.encode())
+            self._fingerprint_column = True
         finally:
             self.conn.execute("select pg_advisory_unlock(hashtext('rollout:journal-schema'))")
 
@@ -224,10 +230,11 @@ class Journal:
     def start_run(self, run: RunInfo) -> None:
         self.conn.execute(
             "insert into rollout.runs (id, environment, command, plan_name, plan_path, "
-            "plan_checksum, git_commit, operator, host, status) "
-            "values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            "plan_checksum, git_commit, operator, host, status, release_fingerprint) "
+            "values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
             (run.id, run.environment, run.command, run.plan_name, run.plan_path,
-             run.plan_checksum, run.git_commit, run.operator, run.host, run.status))
+             run.plan_checksum, run.git_commit, run.operator, run.host, run.status,
+             run.release_fingerprint))
 
     def set_run_status(self, run_id: str, status: str, message: str | None = None,
                        finished: bool = True) -> None:
@@ -237,12 +244,28 @@ class Journal:
             (status, self.masker.text(message) if message else None, finished, run_id))
 
     def runs(self, environment: str | None = None, limit: int = 20) -> list[RunInfo]:
-        rows = self.conn.execute(
+        # Read-only readers (sign-off reading another environment's journal) never upgrade the
+        # schema, so a journal from before release fingerprints reads as null.
+        query = (
             "select id::text, environment, command, plan_name, plan_path, plan_checksum, "
-            "git_commit, operator, host, status, started_at, finished_at, message "
+            "git_commit, operator, host, status, started_at, finished_at, message, "
+            "release_fingerprint from rollout.runs where %s::text is null or environment = %s "
+            "order by started_at desc limit %s"
+            if self._has_fingerprint_column() else
+            "select id::text, environment, command, plan_name, plan_path, plan_checksum, "
+            "git_commit, operator, host, status, started_at, finished_at, message, null "
             "from rollout.runs where %s::text is null or environment = %s "
-            "order by started_at desc limit %s", (environment, environment, limit)).fetchall()
+            "order by started_at desc limit %s")
+        rows = self.conn.execute(query, (environment, environment, limit)).fetchall()
         return [RunInfo(*row) for row in rows]
+
+    def _has_fingerprint_column(self) -> bool:
+        if self._fingerprint_column is None:
+            row = self.conn.execute(
+                "select 1 from pg_attribute where attrelid = to_regclass('rollout.runs') "
+                "and attname = 'release_fingerprint' and not attisdropped").fetchone()
+            self._fingerprint_column = row is not None
+        return self._fingerprint_column
 
     def interrupted_run(self, environment: str) -> RunInfo | None:
         """The newest apply that never finished (its process died holding nothing)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -97,10 +97,34 @@ class Plan:
     checksum: str
     secrets: set[str]
     steps: list[PlannedStep]
+    root: Path = field(default_factory=project_root)
+    """The project the plan's file parameters are relative to (as validated at load)."""
 
     @property
     def name(self) -> str:
         return self.model.name
+
+    @property
+    def release_fingerprint(self) -> str | None:
+        """sha256 over what the plan ships — the project-relative path and content of every file
+        its enabled steps ship (migrations and their rollbacks, function bundles), sorted — and
+        nothing else: not the target, environment, gates or flags. Staging's plan and
+        production's ship the same files, so a rehearsal of one vouches for the other while the
+        code is the same. None when the plan ships no file (nothing to match a rehearsal by).
+        """
+        files: dict[str, Path] = {}
+        for planned in self.steps:
+            if planned.enabled:
+                for path in planned.step.shipped_files(self.root):
+                    files[_relative(path, self.root)] = path
+        if not files:
+            return None
+        digest = hashlib.sha256(b"rollout-release-fingerprint-v1\0")
+        for relative in sorted(files):
+            data = files[relative].read_bytes()
+            digest.update(f"{relative}\0{len(data)}\0".encode())
+            digest.update(data)
+        return digest.hexdigest()
 
     @property
     def environment(self) -> str:
@@ -145,7 +169,16 @@ def load_plan(path: Path, environ: Mapping[str, str] | None = None) -> Plan:
                                  enabled=_truthy(spec.when, source, (*loc, "when")),
                                  on_failure=spec.on_failure or model.on_failure))
     checksum = hashlib.sha256(path.read_bytes()).hexdigest()
-    return Plan(model=model, path=path, checksum=checksum, secrets=source.secrets, steps=steps)
+    return Plan(model=model, path=path, checksum=checksum, secrets=source.secrets, steps=steps,
+                root=root)
+
+
+def _relative(path: Path, root: Path) -> str:
+    """`path` relative to the project, `/`-separated, so the fingerprint is the same anywhere."""
+    try:
+        return path.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return path.as_posix()
 
 
 def plan_json_schema() -> dict[str, Any]:

@@ -211,7 +211,8 @@ class Rehearsal:
             plan_name=self.plan.name, plan_path=str(self.plan.path),
             plan_checksum=self.plan.checksum, git_commit=report.git_commit,
             operator=operator_name(), host=socket.gethostname(), status="running",
-            started_at=datetime.now(UTC), finished_at=None, message=None))
+            started_at=datetime.now(UTC), finished_at=None, message=None,
+            release_fingerprint=self.plan.release_fingerprint))
         phases: list[tuple[str, Callable[[RehearsalReport], tuple[str, dict[str, Any]]]]] = [
             ("reset", self._reset), ("baseline", self._baseline), ("snapshot", self._snapshot),
             ("apply", self._apply),

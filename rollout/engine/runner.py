@@ -421,7 +421,7 @@ class Engine:
             plan_name=self.plan.name, plan_path=str(self.plan.path),
             plan_checksum=self.plan.checksum, git_commit=git_commit(self.root),
             operator=operator, host=host, status="running", started_at=None,  # type: ignore[arg-type]
-            finished_at=None, message=None)
+            finished_at=None, message=None, release_fingerprint=self.plan.release_fingerprint)
 
 
 def fingerprint(planned: PlannedStep) -> str:

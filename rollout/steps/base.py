@@ -90,6 +90,11 @@ class Step:
         """What identifies this step's effect; a changed fingerprint means 'apply again'."""
         return f"{self.kind}:{self.params.model_dump_json()}"
 
+    def shipped_files(self, root: Path) -> list[Path]:
+        """The project files this step ships to the target (under `root`), for the plan's
+        release fingerprint: the same files ⇒ the same release, whichever plan ships them."""
+        return []
+
 
 def require(condition: bool, message: str) -> None:
     if not condition:

@@ -157,6 +157,11 @@ class DbMigrate(Step):
         return (f"apply {self.params.file} (lock_timeout {self.params.lock_timeout}, "
                 f"statement_timeout {self.params.statement_timeout}){undo}")
 
+    def shipped_files(self, root: Path) -> list[Path]:
+        """The migration and its rollback: a rehearsal proves this pair, whatever the plan."""
+        files = [self.params.file, self.params.rollback_file]
+        return [root / name for name in files if name]
+
     def preflight(self, ctx: StepContext) -> None:
         applied = db.applied_migration(ctx.target.db_url, self.params.file)
         checksum = sha256_file(ctx.path(self.params.file))

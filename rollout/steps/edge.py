@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import ClassVar
 
 from pydantic import Field, field_validator
@@ -9,6 +10,9 @@ from pydantic import Field, field_validator
 from rollout.adapters.targets import sha256_text, wait_healthy
 from rollout.errors import StepFailed, UsageError
 from rollout.steps.base import Detail, Params, Step, StepContext
+
+DENO_CONFIG = ("deno.json", "deno.lock")
+"""Beside `functions_dir`: the import map and lock deployed with every function's bundle."""
 
 
 class DeployParams(Params):
@@ -35,6 +39,15 @@ class EdgeDeploy(Step):
 
     def describe(self) -> str:
         return f"deploy {', '.join(self.params.functions)}"
+
+    def shipped_files(self, root: Path) -> list[Path]:
+        """Each function's bundle: its folder and `_shared` (as `bundle_digest` hashes them),
+        plus the Deno config and lock deployed with them (they pin the npm modules)."""
+        functions = root / self.params.functions_dir
+        folders = [functions / name for name in self.params.functions] + [functions / "_shared"]
+        files = {path for folder in folders for path in folder.rglob("*") if path.is_file()}
+        files.update(path for name in DENO_CONFIG if (path := functions.parent / name).is_file())
+        return sorted(files)
 
     def preflight(self, ctx: StepContext) -> None:
         root = ctx.path(self.params.functions_dir)
