@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
@@ -26,9 +28,20 @@ def signoff(
                                 help="Record that a person vouches for ITEM (oncall-informed)."),
     by: str = typer.Option(None, "--by", metavar="NAME",
                            help="Who confirms (default: ROLLOUT_OPERATOR or the login name)."),
+    rehearsed_on: list[str] = typer.Option(
+        [], "--rehearsed-on", metavar="PLAN",
+        help="Also look for this release's rehearsal in PLAN's journal (read-only), e.g. "
+             "plans/staging.yaml: it counts when it shipped the same files. Repeatable."),
+    rehearsed_on_env: str = typer.Option(
+        None, "--rehearsed-on-env", metavar="FILE",
+        help="NAME=value lines for loading the --rehearsed-on plan (its own DATABASE_URL …), "
+             "over the environment."),
     json_output: bool = typer.Option(False, "--json", help="One JSON document on stdout."),
 ) -> None:
     """The runbook's §8 sign-off checklist: proven from the journal, or confirmed by a person.
+
+    A rehearsal counts for "rollback validated" when it ran the same plan version, or shipped
+    the same release (same migrations and functions): staging's, with --rehearsed-on.
 
     Lists what is missing and how to get it; exit 1 while anything is missing. When every
     item holds, appends a CHANGELOG entry (ROLLOUT_CHANGELOG, default CHANGELOG.md) and
@@ -40,15 +53,21 @@ def signoff(
     from rollout.engine.targets import build_target
 
     loaded = _resolve(plan)
+    if rehearsed_on_env and not rehearsed_on:
+        raise UsageError("--rehearsed-on-env goes with --rehearsed-on PLAN")
+    environ = ({**os.environ, **checklist.read_env_file(Path(rehearsed_on_env))}
+               if rehearsed_on_env else None)
     target = build_target(loaded)
     if not target.reachable():
         raise UsageError(f"the {loaded.model.target.kind} target of {plan} is not running",
                          hint="`rollout local up` starts the local stack")
+    sources = [checklist.rehearsal_source(Path(other), target.db_url, environ)
+               for other in rehearsed_on]
     journal = Journal(target.db_url)
     try:
         if confirm:
             checklist.confirm(loaded, journal, confirm, by or operator_name())
-        result = checklist.evaluate(loaded, journal, target)
+        result = checklist.evaluate(loaded, journal, target, sources)
         final = (checklist.finalize(result, loaded, journal, operator_name())
                  if result.complete else None)
     finally:

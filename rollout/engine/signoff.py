@@ -3,26 +3,33 @@
 Each item is proven by what the journal recorded about this environment (or by a live probe),
 or — when no machine can know it, like "PagerDuty on-call informed" — confirmed by a named
 person (`rollout signoff PLAN --confirm oncall-informed --by alice`, kept in
-`rollout.confirmations` for this plan's checksum). When every item holds, sign-off appends a
-CHANGELOG entry and announces the release in the release channel (§8: "update the CHANGELOG and
-announce in #release-alerts"); a failed announcement is reported, never a failed sign-off.
+`rollout.confirmations` for this plan's checksum). "Rollback validated" needs a successful
+rehearsal of the same release — the same plan checksum, or the same release fingerprint (the
+files the plan ships) — in this environment's journal or, with `--rehearsed-on
+plans/staging.yaml`, in the journal of the plan it was rehearsed with (read read-only). When
+every item holds, sign-off appends a CHANGELOG entry and announces the release in the release
+channel (§8: "update the CHANGELOG and announce in #release-alerts"); a failed announcement is
+reported, never a failed sign-off.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import psycopg
+
 from rollout.adapters.monitors import function_health
 from rollout.adapters.notify import Outcome, send_slack
 from rollout.adapters.targets import Target
 from rollout.engine.journal import Journal, RunInfo
-from rollout.engine.plan import Plan
-from rollout.errors import StepFailed, UsageError
+from rollout.engine.plan import Plan, load_plan
+from rollout.engine.targets import build_target
+from rollout.errors import RolloutError, StepFailed, UsageError
 from rollout.paths import project_root
 
 SIGNED_OFF = "signed-off"
@@ -64,6 +71,7 @@ class SignOff:
     items: list[Item]
     run: RunInfo | None
     signed_off_by: str | None = None
+    release_fingerprint: str | None = None
 
     @property
     def complete(self) -> bool:
@@ -75,7 +83,8 @@ class SignOff:
 
     def to_dict(self) -> dict[str, Any]:
         return {"plan": self.plan, "plan_path": self.plan_path, "environment": self.environment,
-                "checksum": self.checksum, "complete": self.complete,
+                "checksum": self.checksum, "release_fingerprint": self.release_fingerprint,
+                "complete": self.complete,
                 "run": asdict(self.run) if self.run else None,
                 "signed_off_by": self.signed_off_by,
                 "items": [{**asdict(item), "holds": item.holds} for item in self.items]}
@@ -101,6 +110,91 @@ def changelog_path() -> Path:
     """`ROLLOUT_CHANGELOG`, or CHANGELOG.md at the project root."""
     override = os.environ.get("ROLLOUT_CHANGELOG")
     return Path(override) if override else project_root() / "CHANGELOG.md"
+
+
+# ---- rehearsals recorded elsewhere (--rehearsed-on) ------------------------------------------
+
+
+@dataclass
+class RehearsalSource:
+    """Another plan's environment whose journal may hold this release's rehearsal (staging's,
+    for production): its successful `rehearse` runs, newest first, or why they are unknown."""
+
+    plan_path: str
+    environment: str
+    runs: list[RunInfo] = field(default_factory=list)
+    problem: str | None = None
+
+
+def read_rehearsals(journal: Journal, plan_path: str, environment: str) -> RehearsalSource:
+    """The successful rehearsals in `journal`, read in a read-only session (nothing is created
+    or upgraded there); a journal that cannot be read becomes the source's `problem`."""
+    source = RehearsalSource(plan_path, environment)
+    try:
+        journal.conn.execute("set session characteristics as transaction read only")
+        if not journal.exists():
+            source.problem = "its database has no rollout journal (nothing ran there)"
+            return source
+        source.runs = [r for r in journal.runs(None, limit=1000)
+                       if r.command == "rehearse" and r.status == "succeeded"]
+    except (RolloutError, psycopg.Error) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        source.problem = f"cannot read its journal: {journal.masker.text(first)}"
+    return source
+
+
+def rehearsal_source(path: Path, signing_db_url: str | None = None,
+                     environ: Mapping[str, str] | None = None) -> RehearsalSource:
+    """`--rehearsed-on PLAN`: load that plan (with `environ`, e.g. its own variables), reach its
+    target and read its journal's rehearsals. An invalid plan raises (exit 2); an unreachable
+    target is the source's `problem`, so the checklist item stays missing and says why."""
+    other = load_plan(path, environ)
+    source = RehearsalSource(str(path), other.environment)
+    kind = other.model.target.kind
+    try:
+        target = build_target(other)
+        reachable = target.reachable()
+        db_url = target.db_url if reachable else None
+    except (RolloutError, OSError, psycopg.Error) as err:
+        source.problem = f"its {kind} target is unreachable: {err}"
+        return source
+    if not reachable or db_url is None:
+        source.problem = (f"its {kind} target is not reachable"
+                          + (" (`rollout local up` starts the local stack)"
+                             if kind == "local" else ""))
+        return source
+    if signing_db_url is not None and db_url == signing_db_url:
+        source.problem = ("it resolves to the same database as the plan being signed off "
+                          "(both read the same variables): give its own with "
+                          "--rehearsed-on-env FILE")
+        return source
+    journal = Journal(db_url)
+    try:
+        return read_rehearsals(journal, str(path), other.environment)
+    finally:
+        journal.close()
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """`NAME=value` lines (blank lines, `#` comments and `export ` allowed; quotes stripped):
+    the variables of the plan given to `--rehearsed-on`, over the process environment."""
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise UsageError(f"cannot read {path}: {err.strerror or err}") from err
+    values: dict[str, str] = {}
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, sep, value = line.removeprefix("export ").partition("=")
+        name, value = name.strip(), value.strip()
+        if not sep or not name.replace("_", "").isalnum():
+            raise UsageError(f"{path}:{number}: expected NAME=value")
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        values[name] = value
+    return values
 
 
 # ---- evaluation ---------------------------------------------------------------------------
@@ -141,8 +235,10 @@ class _Facts:
         return good[-1] if good else None
 
 
-def evaluate(plan: Plan, journal: Journal, target: Target | None) -> SignOff:
-    """Every §8 item, from the journal (and a live probe of the functions when `target`)."""
+def evaluate(plan: Plan, journal: Journal, target: Target | None,
+             rehearsed_on: Sequence[RehearsalSource] = ()) -> SignOff:
+    """Every §8 item, from the journal (and a live probe of the functions when `target`);
+    `rehearsed_on`: other environments whose rehearsals of this release count (staging's)."""
     facts = _Facts(plan, journal)
     items = [
         _migration(plan, facts),
@@ -150,11 +246,11 @@ def evaluate(plan: Plan, journal: Journal, target: Target | None) -> SignOff:
         _flag(plan, facts),
         _smoke(plan, facts),
         _oncall(facts),
-        _rollback(plan, facts),
+        _rollback(plan, facts, rehearsed_on),
     ]
     signed = facts.confirmations.get(SIGNED_OFF)
     return SignOff(plan.name, str(plan.path), plan.environment, plan.checksum, items,
-                   _release_run(plan, facts), signed)
+                   _release_run(plan, facts), signed, plan.release_fingerprint)
 
 
 def _steps(plan: Plan, kind: str) -> list[str]:
@@ -273,15 +369,50 @@ def _oncall(facts: _Facts) -> Item:
                 "not confirmed by anyone yet", MANUAL["oncall-informed"])
 
 
-def _rollback(plan: Plan, facts: _Facts) -> Item:
-    rehearsal = facts.rehearsal(plan.checksum)
-    if rehearsal is None:
-        return Item("rollback-validated", TITLES["rollback-validated"], "missing",
-                    "no successful rehearsal of this version of the plan",
-                    f"`rollout rehearse {plan.path}` (apply, rollback, re-apply on staging)")
-    return Item("rollback-validated", TITLES["rollback-validated"], "ok",
-                f"rehearsal run {rehearsal.id[:8]} on {rehearsal.environment} succeeded "
-                f"({rehearsal.operator}, {rehearsal.started_at:%Y-%m-%d %H:%M} UTC)")
+def _rehearsal_match(run: RunInfo, plan: Plan, release: str | None) -> str | None:
+    """How a successful rehearsal vouches for this release, or None when it does not."""
+    if run.command != "rehearse" or run.status != "succeeded":
+        return None
+    if run.plan_checksum == plan.checksum:
+        return "the same plan checksum"
+    if release is not None and run.release_fingerprint == release:
+        return f"release fingerprint {release[:12]} (the same migrations and functions)"
+    return None
+
+
+def _rollback(plan: Plan, facts: _Facts, rehearsed_on: Sequence[RehearsalSource]) -> Item:
+    item = Item("rollback-validated", TITLES["rollback-validated"], "missing", "",
+                "rehearse this release on staging, `rollout rehearse plans/staging.yaml`, then "
+                f"`rollout signoff {plan.path} --rehearsed-on plans/staging.yaml` (or "
+                f"`rollout rehearse {plan.path}` itself)")
+    release = plan.release_fingerprint
+    where = [("", facts.runs)] + [(f" ({s.plan_path}'s journal)", s.runs)
+                                  for s in rehearsed_on if s.problem is None]
+    for journal_label, runs in where:
+        for run in runs:
+            how = _rehearsal_match(run, plan, release)
+            if how is not None:
+                item.state = "ok"
+                item.evidence = (f"rehearsal run {run.id[:8]} on {run.environment}{journal_label}"
+                                 f" succeeded ({run.operator}, {run.started_at:%Y-%m-%d %H:%M} "
+                                 f"UTC), matched by {how}")
+                return item
+    wanted = f"release {release[:12]}" if release else "a release (the plan ships no files)"
+    reasons = [f"no successful rehearsal of this plan's checksum or {wanted} in "
+               f"{plan.environment}'s journal"]
+    for source in rehearsed_on:
+        if source.problem is not None:
+            reasons.append(f"--rehearsed-on {source.plan_path}: {source.problem}")
+        elif not source.runs:
+            reasons.append(f"--rehearsed-on {source.plan_path}: no successful rehearsal in "
+                           f"{source.environment}'s journal")
+        else:
+            newest = source.runs[0]
+            reasons.append(f"--rehearsed-on {source.plan_path}: its newest successful rehearsal "
+                           f"(run {newest.id[:8]}) was of release "
+                           f"{(newest.release_fingerprint or 'unknown')[:12]}, not this one")
+    item.evidence = "; ".join(reasons)
+    return item
 
 
 def _release_run(plan: Plan, facts: _Facts) -> RunInfo | None:
