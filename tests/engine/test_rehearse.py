@@ -6,7 +6,8 @@ import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from tests.engine.conftest import LOCAL_HEADER, Cli, write_plan
+from rollout.engine.plan import load_plan
+from tests.engine.conftest import LOCAL_HEADER, ROOT, Cli, write_plan
 
 PLAN = "plans/local.yaml"
 PHASES = ["reset", "baseline", "snapshot", "apply", "smoke", "witness", "rollback",
@@ -83,6 +84,9 @@ def test_rehearsal_of_the_local_plan_passes_and_is_journaled(cli: Cli, tmp_path:
                    "where command = 'rehearse'")
     assert [(r[1], r[2]) for r in runs] == [("rehearse", "succeeded")]
     assert runs[0][0] == report["run_id"] and runs[0][3] == report["plan_checksum"]
+    # …and the release it shipped, so production's sign-off can match it from staging's journal.
+    assert cli.one("select release_fingerprint from rollout.runs where command = 'rehearse'") \
+        == load_plan(ROOT / PLAN).release_fingerprint
     history = json.loads(cli.run("history", PLAN, "--json").stdout)
     assert any(h["command"] == "rehearse" and h["status"] == "succeeded" for h in history)
     phases = cli.sql("select step_id, status from rollout.step_events where run_id = %s "

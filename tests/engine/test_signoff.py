@@ -14,16 +14,19 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from rollout.adapters.local_stack.postgres import shared_dir
 from rollout.adapters.local_stack.processes import stop_pid
 from rollout.adapters.local_stack.stack import LocalStack
+from rollout.engine import signoff
 from rollout.engine.journal import Journal, RunInfo
-from rollout.engine.plan import load_plan
+from rollout.engine.plan import Plan, load_plan
 from tests.engine.conftest import ROOT, Cli
 from tests.engine.test_flags_cli import run_all
 from tests.engine.test_notifications import dead_url, serve_receiver
+from tests.engine.test_release_fingerprint import SUPABASE_ENV
 
 NOTIFICATIONS = "\nnotifications:\n  slack_webhook_url: ${TEST_SLACK_WEBHOOK:-}\n"
 
@@ -156,3 +159,150 @@ def test_a_failed_announcement_does_not_fail_sign_off(stack: Cli, tmp_path: Path
     assert "announcement was not delivered" in done.stdout
     assert dead not in done.stdout + done.stderr
     assert "Signed off by: pytest (pagerduty on-call informed: bob)" in changelog.read_text()
+
+
+# ---- rehearsed elsewhere: staging's journal, matched by release fingerprint -------------------
+
+
+@pytest.fixture(scope="module")
+def staging() -> Iterator[LocalStack]:
+    """A second local stack (its own state directory, database and journal) playing staging."""
+    state = Path(tempfile.mkdtemp(prefix="rollout-staging-", dir=shared_dir("rollout-tests")))
+    state.chmod(0o755)
+    other = LocalStack(state)
+    try:
+        other.up()
+        journal = Journal(other.db_url)
+        try:
+            journal.ensure_schema()
+        finally:
+            journal.close()
+        yield other
+    finally:
+        other.down()
+
+
+def record_run(db_url: str, checksum: str, fingerprint: str | None,
+               environment: str = "staging", status: str = "succeeded") -> str:
+    """A `rehearse` run as `rollout rehearse` journals it (plan checksum + release fingerprint)."""
+    journal = Journal(db_url)
+    run_id = str(uuid.uuid4())
+    try:
+        journal.start_run(RunInfo(
+            id=run_id, environment=environment, command="rehearse", plan_name="messaging-v2",
+            plan_path="plans/staging.yaml", plan_checksum=checksum, git_commit=None,
+            operator="ci", host="ci-runner", status="running", started_at=None,  # type: ignore[arg-type]
+            finished_at=None, message=None, release_fingerprint=fingerprint))
+        journal.set_run_status(run_id, status)
+    finally:
+        journal.close()
+    return run_id
+
+
+def rollback_item(plan: Plan, cli: Cli, *sources: signoff.RehearsalSource) -> signoff.Item:
+    journal = Journal(cli.stack.db_url)
+    try:
+        result = signoff.evaluate(plan, journal, None, sources)
+    finally:
+        journal.close()
+    return next(i for i in result.items if i.id == "rollback-validated")
+
+
+def staging_rehearsals(other: LocalStack) -> signoff.RehearsalSource:
+    journal = Journal(other.db_url)
+    try:
+        return signoff.read_rehearsals(journal, "plans/staging.yaml", "staging")
+    finally:
+        journal.close()
+
+
+def test_a_rehearsal_in_another_stacks_journal_validates_by_release_fingerprint(
+        stack: Cli, staging: LocalStack, monkeypatch: pytest.MonkeyPatch) -> None:
+    plan = load_plan(plan_file(stack, "production-like.yaml", variant="# production's copy\n"))
+    release = plan.release_fingerprint
+    assert release is not None
+    # Every run journals what it shipped: the module's apply shipped this same release.
+    assert stack.one("select release_fingerprint from rollout.runs where command = 'apply' "
+                     "order by started_at limit 1") == release
+
+    # Staging rehearsed another release (a different migration), and failed this one once.
+    other = record_run(staging.db_url, "1" * 64, "f" * 64)
+    record_run(staging.db_url, "2" * 64, release, status="failed")
+    item = rollback_item(plan, stack, staging_rehearsals(staging))
+    assert item.state == "missing"
+    assert f"release {release[:12]}" in item.evidence
+    assert (f"--rehearsed-on plans/staging.yaml: its newest successful rehearsal (run "
+            f"{other[:8]}) was of release ffffffffffff, not this one") in item.evidence
+    assert "--rehearsed-on plans/staging.yaml" in item.how and "rollout rehearse" in item.how
+
+    # Staging rehearsed this release (under staging's own plan checksum): it counts.
+    run = record_run(staging.db_url, "3" * 64, release)
+    assert rollback_item(plan, stack).state == "missing"  # not in production's own journal
+    item = rollback_item(plan, stack, staging_rehearsals(staging))
+    assert item.state == "ok", item.evidence
+    assert item.evidence.startswith(f"rehearsal run {run[:8]} on staging "
+                                    "(plans/staging.yaml's journal) succeeded (ci, ")
+    assert f"matched by release fingerprint {release[:12]}" in item.evidence
+
+    # `--rehearsed-on PLAN` reaches that plan's own target: here a local plan whose stack is
+    # staging's (the CLI takes a local stack from ROLLOUT_STATE_DIR, so one process sees one).
+    staging_plan = plan_file(stack, "staging-local.yaml", variant="# staging's copy\n")
+    monkeypatch.setenv("ROLLOUT_STATE_DIR", str(staging.dir.parent))
+    source = signoff.rehearsal_source(staging_plan, signing_db_url=stack.stack.db_url)
+    assert source.problem is None and source.runs[0].id == run
+    same = signoff.rehearsal_source(staging_plan, signing_db_url=staging.db_url)
+    assert same.runs == [] and "same database" in str(same.problem)
+    monkeypatch.setenv("ROLLOUT_STATE_DIR", str(stack.state / "nothing-runs-here"))
+    down = signoff.rehearsal_source(staging_plan, signing_db_url=stack.stack.db_url)
+    assert down.problem is not None and "not reachable" in down.problem
+    item = rollback_item(plan, stack, down)
+    assert item.state == "missing"
+    assert f"--rehearsed-on {staging_plan}: its local target is not reachable" in item.evidence
+
+    # A journal from before fingerprints reads (null), read-only: it is not upgraded by reading.
+    with psycopg.connect(staging.db_url, autocommit=True) as conn:
+        conn.execute("alter table rollout.runs drop column release_fingerprint")
+        old = staging_rehearsals(staging)
+        assert old.problem is None and {r.release_fingerprint for r in old.runs} == {None}
+        assert rollback_item(plan, stack, old).state == "missing"
+        assert conn.execute("select count(*) from information_schema.columns where "
+                            "table_schema = 'rollout' and column_name = 'release_fingerprint'"
+                            ).fetchone() == (0,)
+        journal = Journal(staging.db_url)
+        try:
+            journal.ensure_schema()  # the next run there upgrades it
+        finally:
+            journal.close()
+        assert conn.execute("select count(*) from rollout.runs where release_fingerprint "
+                            "is null").fetchone() == (3,)
+
+
+def test_signoff_rehearsed_on_staging_plan_reads_stagings_journal(
+        stack: Cli, staging: LocalStack, tmp_path: Path) -> None:
+    """The real plans/staging.yaml, its DATABASE_URL from --rehearsed-on-env: staging's stack."""
+    staging_yaml = ROOT / "plans" / "staging.yaml"
+    env = {**SUPABASE_ENV, "DATABASE_URL": staging.db_url}
+    staged = load_plan(staging_yaml, env)
+    run = record_run(staging.db_url, staged.checksum, staged.release_fingerprint)
+    env_file = tmp_path / "staging.env"
+    env_file.write_text("# staging's variables\n" + "".join(
+        f"export {k}='{v}'\n" if k == "DATABASE_URL" else f"{k}={v}\n" for k, v in env.items()))
+
+    plan = str(plan_file(stack, "production-cli.yaml", variant="# yet another copy\n"))
+    (code, out, err), (same_code, same_out, _) = run_all(
+        stack, ("signoff", plan, "--json", "--rehearsed-on", str(staging_yaml),
+                "--rehearsed-on-env", str(env_file)),
+        ("signoff", plan, "--json", "--rehearsed-on", plan))
+    assert code == 1, err  # on-call is not confirmed for this version
+    doc = json.loads(out)
+    rollback = items(doc)["rollback-validated"]
+    assert rollback["state"] == "ok", rollback
+    assert f"rehearsal run {run[:8]} on staging ({staging_yaml}'s journal)" in str(
+        rollback["evidence"])
+    assert "matched by release fingerprint" in str(rollback["evidence"])
+    assert doc["release_fingerprint"] == staged.release_fingerprint
+    assert staging.db_url not in out + err
+
+    assert same_code == 1
+    same = items(json.loads(same_out))["rollback-validated"]
+    assert same["state"] == "missing" and "same database" in str(same["evidence"])
