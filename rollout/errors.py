@@ -7,15 +7,20 @@ person; 4 internal error (anything not listed here).
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class RolloutError(Exception):
     """An expected failure: printed as one line, no traceback."""
 
     exit_code = 4
 
-    def __init__(self, message: str, *, hint: str | None = None) -> None:
+    def __init__(self, message: str, *, hint: str | None = None,
+                 partial: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.hint = hint
+        self.partial = partial
+        """What a failing step had already done (journaled, so `rollback` can undo it)."""
 
 
 class UsageError(RolloutError):

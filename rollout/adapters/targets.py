@@ -79,7 +79,11 @@ class LocalFunctions:
         record: dict[str, Any] = {}
         for name in names:
             previous = self.stack.deployed().get(name)
-            worker = self.stack.deploy_function(name, functions_dir)
+            try:
+                worker = self.stack.deploy_function(name, functions_dir)
+            except Exception as err:
+                raise TargetError(f"deploying {name} failed: {err}",
+                                  partial={"functions": record}) from err
             record[name] = {
                 "previous_version": previous.version if previous else None,
                 "version": worker.version,

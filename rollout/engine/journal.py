@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg.types.json import Jsonb
@@ -131,8 +132,84 @@ class StepState:
     updated_at: datetime
 
 
+STATE_UPSERT = (
+    "insert into rollout.step_state (environment, step_id, kind, status, fingerprint, "
+    "run_id, detail, updated_at) values (%s, %s, %s, %s, %s, %s, %s, now()) "
+    "on conflict (environment, step_id) do update set kind = excluded.kind, "
+    "status = excluded.status, fingerprint = excluded.fingerprint, "
+    "run_id = excluded.run_id, detail = excluded.detail, updated_at = now()")
+RECONNECT_SECONDS = 30.0
+T = TypeVar("T")
+
+
 def lock_key(environment: str) -> str:
     return f"rollout:{environment}"
+
+
+def connect_with_retry(url: str, seconds: float) -> psycopg.Connection[Any]:
+    """Connect; keep trying for `seconds` (a restarting server refuses for a moment)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return psycopg.connect(url, autocommit=True, connect_timeout=10)
+        except psycopg.OperationalError as err:
+            if time.monotonic() >= deadline:
+                raise TargetError(f"cannot reach the journal database: "
+                                  f"{str(err).strip().splitlines()[0]}") from err
+            time.sleep(0.5)
+
+
+class EnvironmentLock:
+    """The session advisory lock of one environment, held on its own connection.
+
+    If that connection dies (the database restarted), the lock died with it: `ensure()`
+    re-takes it before the next step, or stops the run if someone else took it meanwhile.
+    """
+
+    def __init__(self, journal: Journal, environment: str, run_id: str, operator: str,
+                 host: str) -> None:
+        self.journal = journal
+        self.environment = environment
+        self.run_id = run_id
+        self.operator = operator
+        self.host = host
+        self.holder: psycopg.Connection[Any] | None = None
+
+    def acquire(self) -> bool:
+        self.holder = connect_with_retry(self.journal.url, RECONNECT_SECONDS)
+        row = self.holder.execute("select pg_try_advisory_lock(hashtextextended(%s, 0))",
+                                  (lock_key(self.environment),)).fetchone()
+        if not row or not row[0]:
+            return False
+        self.holder.execute(
+            "insert into rollout.locks (environment, run_id, operator, host, pid, since) "
+            "values (%s, %s, %s, %s, pg_backend_pid(), now()) on conflict (environment) do "
+            "update set run_id = excluded.run_id, operator = excluded.operator, "
+            "host = excluded.host, pid = excluded.pid, since = excluded.since",
+            (self.environment, self.run_id, self.operator, self.host))
+        return True
+
+    def ensure(self) -> None:
+        try:
+            if self.holder is not None and not self.holder.closed:
+                self.holder.execute("select 1")
+                return
+        except psycopg.OperationalError:
+            pass
+        if self.holder is not None:
+            self.holder.close()
+        if not self.acquire():
+            raise LockHeld(f"lost the lock on {self.environment!r} (the database restarted) "
+                           f"and another run took it: "
+                           f"{self.journal._holder_message(self.environment)}")
+
+    def release(self) -> None:
+        if self.holder is None:
+            return
+        with contextlib.suppress(psycopg.Error):
+            self.holder.execute("delete from rollout.locks where environment = %s and pid = "
+                                "pg_backend_pid()", (self.environment,))
+        self.holder.close()
 
 
 class Journal:
@@ -147,57 +224,56 @@ class Journal:
     @property
     def conn(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed:
-            try:
-                self._conn = psycopg.connect(self.url, autocommit=True, connect_timeout=10)
-            except psycopg.OperationalError as err:
-                raise TargetError(f"cannot reach the journal database: "
-                                  f"{str(err).strip().splitlines()[0]}") from err
+            self._conn = connect_with_retry(self.url, RECONNECT_SECONDS if self._conn else 0)
         return self._conn
+
+    def _with_retry(self, work: Callable[[psycopg.Connection[Any]], T]) -> T:
+        """Run `work` on the journal connection; after a lost connection (the database
+        restarted), reconnect once and run it again: the journal must outlive a restart."""
+        try:
+            return work(self.conn)
+        except psycopg.OperationalError:
+            if self._conn is not None:
+                self._conn.close()
+            return work(self.conn)
+
+    def execute(self, query: str | bytes, params: Any = None) -> psycopg.Cursor[Any]:
+        return self._with_retry(lambda conn: conn.execute(query, params))
 
     def close(self) -> None:
         if self._conn is not None:
             self._conn.close()
 
     def exists(self) -> bool:
-        row = self.conn.execute("select to_regclass('rollout.step_state')").fetchone()
+        row = self.execute("select to_regclass('rollout.step_state')").fetchone()
         return bool(row and row[0])
 
     def ensure_schema(self) -> None:
-        self.conn.execute("select pg_advisory_lock(hashtext('rollout:journal-schema'))")
+        self.execute("select pg_advisory_lock(hashtext('rollout:journal-schema'))")
         try:
-            self.conn.execute(SCHEMA_SQL.encode())
+            self.execute(SCHEMA_SQL.encode())
             self._fingerprint_column = True
         finally:
-            self.conn.execute("select pg_advisory_unlock(hashtext('rollout:journal-schema'))")
+            self.execute("select pg_advisory_unlock(hashtext('rollout:journal-schema'))")
 
     # ---- lock --------------------------------------------------------------------------------
 
     @contextmanager
-    def lock(self, environment: str, run_id: str, operator: str, host: str) -> Iterator[None]:
+    def lock(self, environment: str, run_id: str, operator: str,
+             host: str) -> Iterator[EnvironmentLock]:
         """Hold the environment's advisory lock for the block, or refuse naming the holder."""
-        holder = psycopg.connect(self.url, autocommit=True, connect_timeout=10)
+        lock = EnvironmentLock(self, environment, run_id, operator, host)
         try:
-            row = holder.execute("select pg_try_advisory_lock(hashtextextended(%s, 0))",
-                                 (lock_key(environment),)).fetchone()
-            if not row or not row[0]:
+            if not lock.acquire():
                 raise LockHeld(self._holder_message(environment),
                                hint=f"wait for it, or if it is dead: rollout unlock {environment} "
                                     "--force")
-            holder.execute(
-                "insert into rollout.locks (environment, run_id, operator, host, pid, since) "
-                "values (%s, %s, %s, %s, pg_backend_pid(), now()) on conflict (environment) do "
-                "update set run_id = excluded.run_id, operator = excluded.operator, "
-                "host = excluded.host, pid = excluded.pid, since = excluded.since",
-                (environment, run_id, operator, host))
-            yield
+            yield lock
         finally:
-            with contextlib.suppress(psycopg.Error):
-                holder.execute("delete from rollout.locks where environment = %s and pid = "
-                               "pg_backend_pid()", (environment,))
-            holder.close()
+            lock.release()
 
     def _holder_message(self, environment: str) -> str:
-        row = self.conn.execute(
+        row = self.execute(
             "select run_id, operator, host, since from rollout.locks where environment = %s",
             (environment,)).fetchone()
         if not row:
@@ -208,7 +284,7 @@ class Journal:
 
     def lock_holder(self, environment: str) -> dict[str, Any] | None:
         """The session holding the advisory lock, and what `rollout.locks` says about it."""
-        row = self.conn.execute(
+        row = self.execute(
             "select l.pid, k.run_id, k.operator, k.host, k.since from pg_locks l "
             "left join rollout.locks k on k.environment = %s "
             "where l.locktype = 'advisory' and l.granted and "
@@ -221,14 +297,14 @@ class Journal:
     def force_unlock(self, environment: str) -> dict[str, Any] | None:
         holder = self.lock_holder(environment)
         if holder:
-            self.conn.execute("select pg_terminate_backend(%s)", (holder["pid"],))
-        self.conn.execute("delete from rollout.locks where environment = %s", (environment,))
+            self.execute("select pg_terminate_backend(%s)", (holder["pid"],))
+        self.execute("delete from rollout.locks where environment = %s", (environment,))
         return holder
 
     # ---- runs ----------------------------------------------------------------------------------
 
     def start_run(self, run: RunInfo) -> None:
-        self.conn.execute(
+        self.execute(
             "insert into rollout.runs (id, environment, command, plan_name, plan_path, "
             "plan_checksum, git_commit, operator, host, status, release_fingerprint) "
             "values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
@@ -238,7 +314,7 @@ class Journal:
 
     def set_run_status(self, run_id: str, status: str, message: str | None = None,
                        finished: bool = True) -> None:
-        self.conn.execute(
+        self.execute(
             "update rollout.runs set status = %s, message = %s, "
             "finished_at = case when %s then now() else null end where id = %s",
             (status, self.masker.text(message) if message else None, finished, run_id))
@@ -256,12 +332,12 @@ class Journal:
             "git_commit, operator, host, status, started_at, finished_at, message, null "
             "from rollout.runs where %s::text is null or environment = %s "
             "order by started_at desc limit %s")
-        rows = self.conn.execute(query, (environment, environment, limit)).fetchall()
+        rows = self.execute(query, (environment, environment, limit)).fetchall()
         return [RunInfo(*row) for row in rows]
 
     def _has_fingerprint_column(self) -> bool:
         if self._fingerprint_column is None:
-            row = self.conn.execute(
+            row = self.execute(
                 "select 1 from pg_attribute where attrelid = to_regclass('rollout.runs') "
                 "and attname = 'release_fingerprint' and not attisdropped").fetchone()
             self._fingerprint_column = row is not None
@@ -281,21 +357,41 @@ class Journal:
     def step_event(self, run_id: str, step_id: str, kind: str, action: str, status: str,
                    seconds: float | None = None, detail: dict[str, Any] | None = None,
                    error: str | None = None) -> None:
-        self.conn.execute(
+        self.execute(
             "insert into rollout.step_events (run_id, step_id, kind, action, status, seconds, "
             "detail, error) values (%s, %s, %s, %s, %s, %s, %s, %s)",
             (run_id, step_id, kind, action, status, seconds,
              Jsonb(self.masker.data(detail or {})), self.masker.text(error) if error else None))
 
+    def step_succeeded(self, run_id: str, environment: str, step_id: str, kind: str,
+                       action: str, seconds: float, detail: dict[str, Any],
+                       state: tuple[str, str] | None) -> None:
+        """The `succeeded` event and the environment's step state, in ONE transaction: a kill
+        between two separate writes would leave a step done in the run but not applied."""
+        masked = Jsonb(self.masker.data(detail))
+
+        def write(conn: psycopg.Connection[Any]) -> None:
+            with conn.transaction():
+                conn.execute(
+                    "insert into rollout.step_events (run_id, step_id, kind, action, status, "
+                    "seconds, detail) values (%s, %s, %s, %s, 'succeeded', %s, %s)",
+                    (run_id, step_id, kind, action, seconds, masked))
+                if state is not None:
+                    status, fingerprint = state
+                    conn.execute(STATE_UPSERT, (environment, step_id, kind, status, fingerprint,
+                                                run_id, masked))
+
+        self._with_retry(write)
+
     def events(self, run_id: str) -> list[dict[str, Any]]:
-        cur = self.conn.execute(
+        cur = self.execute(
             "select step_id, kind, action, status, at, seconds, detail, error "
             "from rollout.step_events where run_id = %s order by id", (run_id,))
         columns = [c.name for c in cur.description or []]
         return [dict(zip(columns, row, strict=True)) for row in cur.fetchall()]
 
     def completed_in_run(self, run_id: str) -> set[str]:
-        rows = self.conn.execute(
+        rows = self.execute(
             "select distinct step_id from rollout.step_events where run_id = %s "
             "and action = 'apply' and status in ('succeeded', 'already-applied')",
             (run_id,)).fetchall()
@@ -303,17 +399,11 @@ class Journal:
 
     def set_state(self, environment: str, step_id: str, kind: str, status: str,
                   fingerprint: str, run_id: str, detail: dict[str, Any]) -> None:
-        self.conn.execute(
-            "insert into rollout.step_state (environment, step_id, kind, status, fingerprint, "
-            "run_id, detail, updated_at) values (%s, %s, %s, %s, %s, %s, %s, now()) "
-            "on conflict (environment, step_id) do update set kind = excluded.kind, "
-            "status = excluded.status, fingerprint = excluded.fingerprint, "
-            "run_id = excluded.run_id, detail = excluded.detail, updated_at = now()",
-            (environment, step_id, kind, status, fingerprint, run_id,
-             Jsonb(self.masker.data(detail))))
+        self.execute(STATE_UPSERT, (environment, step_id, kind, status, fingerprint, run_id,
+                                    Jsonb(self.masker.data(detail))))
 
     def states(self, environment: str) -> dict[str, StepState]:
-        rows = self.conn.execute(
+        rows = self.execute(
             "select step_id, kind, status, fingerprint, run_id::text, detail, updated_at "
             "from rollout.step_state where environment = %s", (environment,)).fetchall()
         return {row[0]: StepState(*row) for row in rows}
@@ -321,18 +411,18 @@ class Journal:
     # ---- approvals and confirmations -------------------------------------------------------------
 
     def approve(self, run_id: str, step_id: str, approver: str) -> None:
-        self.conn.execute(
+        self.execute(
             "insert into rollout.approvals (run_id, step_id, approved_by) values (%s, %s, %s) "
             "on conflict do nothing", (run_id, step_id, approver))
 
     def approval(self, run_id: str, step_id: str) -> str | None:
-        row = self.conn.execute(
+        row = self.execute(
             "select approved_by from rollout.approvals where run_id = %s and step_id = %s",
             (run_id, step_id)).fetchone()
         return str(row[0]) if row else None
 
     def find_run(self, prefix: str) -> RunInfo:
-        rows = self.conn.execute(
+        rows = self.execute(
             "select id::text from rollout.runs where id::text like %s order by started_at desc",
             (prefix + "%",)).fetchall()
         if len(rows) != 1:
@@ -340,14 +430,14 @@ class Journal:
         return next(r for r in self.runs(limit=1000) if r.id == rows[0][0])
 
     def confirm(self, environment: str, item: str, plan_checksum: str, who: str) -> None:
-        self.conn.execute(
+        self.execute(
             "insert into rollout.confirmations (environment, item, plan_checksum, confirmed_by) "
             "values (%s, %s, %s, %s) on conflict (environment, item, plan_checksum) do update "
             "set confirmed_by = excluded.confirmed_by, confirmed_at = now()",
             (environment, item, plan_checksum, who))
 
     def confirmations(self, environment: str, plan_checksum: str) -> dict[str, str]:
-        rows = self.conn.execute(
+        rows = self.execute(
             "select item, confirmed_by from rollout.confirmations "
             "where environment = %s and plan_checksum = %s", (environment, plan_checksum))
         return {row[0]: row[1] for row in rows.fetchall()}

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psycopg
+
 from rollout.adapters import database as db
 from rollout.adapters.targets import Target
 from rollout.engine.events import (
@@ -33,13 +35,14 @@ from rollout.engine.events import (
     StepProgress,
     StepStarted,
 )
-from rollout.engine.journal import Journal, RunInfo, StepState
+from rollout.engine.journal import EnvironmentLock, Journal, RunInfo, StepState
 from rollout.engine.plan import Plan, PlannedStep
 from rollout.errors import RollbackFailed, RolloutError, StepFailed, UsageError
 from rollout.paths import project_root, state_dir
 from rollout.steps import StepContext
 
 APPROVAL_POLL_SECONDS = 1.0
+UNDOABLE = ("applied", "partial")  # step states `rollback` undoes
 
 
 @dataclass
@@ -155,7 +158,7 @@ class Engine:
             run_id = interrupted.id
         operator = options.operator or operator_name()
         host = socket.gethostname()
-        with journal.lock(self.plan.environment, run_id, operator, host):
+        with journal.lock(self.plan.environment, run_id, operator, host) as lock:
             if interrupted and not options.resume:
                 # We hold the environment's lock, so whoever ran it is gone.
                 journal.set_run_status(interrupted.id, "interrupted",
@@ -169,7 +172,7 @@ class Engine:
                 journal.set_run_status(run_id, "running", finished=False)
             else:
                 journal.start_run(self._run_info(run_id, "apply", operator, host))
-            return self._apply_steps(run_id, selected, operator, options, resumed=options.resume)
+            return self._apply_steps(run_id, selected, operator, options, options.resume, lock)
 
     def _preflight(self, selected: list[PlannedStep]) -> None:
         ctx = self._context("preflight", operator_name(), None, "")
@@ -178,7 +181,7 @@ class Engine:
                 planned.step.preflight(ctx)
 
     def _apply_steps(self, run_id: str, selected: list[PlannedStep], operator: str,
-                     options: Options, resumed: bool) -> RunResult:
+                     options: Options, resumed: bool, lock: EnvironmentLock) -> RunResult:
         journal = self._journal()
         began = time.monotonic()
         self.emit(RunStarted(run_id, "apply", self.plan.name, self.plan.environment,
@@ -186,11 +189,14 @@ class Engine:
         done_in_run = journal.completed_in_run(run_id) if resumed else set()
         states = journal.states(self.plan.environment)
         applied_here: list[tuple[PlannedStep, dict[str, Any]]] = []
-        status, exit_code, message = "succeeded", 0, ""
+        # Pessimistic until the loop ends normally: an unexpected exception escaping below is
+        # journaled as a failure, never as success.
+        status, exit_code, message = "failed", 4, "internal error (see --debug)"
         failures: list[str] = []
         try:
             for planned in selected:
                 step = planned.step
+                lock.ensure()
                 if not planned.enabled:
                     self._finish(run_id, planned, "apply", "skipped", 0, "disabled by `when`")
                     continue
@@ -209,9 +215,11 @@ class Engine:
                 if planned.on_failure == "continue":
                     continue
                 if planned.on_failure == "rollback":
-                    self._rollback_steps(run_id, [p for p, _ in reversed(applied_here)
-                                                  if p.step.persistent and p.step.reversible],
-                                         operator)
+                    # The failed step too, when it left something behind (a partial state).
+                    undo = [planned] if self._partial(planned) else []
+                    undo += [p for p, _ in reversed(applied_here)
+                             if p.step.persistent and p.step.reversible]
+                    self._rollback_steps(run_id, undo, operator)
                     status, exit_code = "rolled-back", 1
                     message = f"step {step.id} failed and the run was rolled back: {error}"
                 else:
@@ -219,6 +227,7 @@ class Engine:
                     message = f"step {step.id} failed: {error}"
                 break
             else:
+                status, exit_code, message = "succeeded", 0, ""
                 if failures:
                     status, exit_code = "failed", 1
                     message = "completed with failures: " + "; ".join(failures)
@@ -242,24 +251,32 @@ class Engine:
         journal.step_event(run_id, step.id, step.kind, "apply", "running")
         ctx = self._context(run_id, operator, options, step.id)
         began = time.monotonic()
+        detail: dict[str, Any] | None = None
         try:
             detail = step.apply(ctx)
             step.verify(ctx, detail)
-        except RolloutError as err:
-            seconds = time.monotonic() - began
-            journal.step_event(run_id, step.id, step.kind, "apply", "failed", seconds,
-                               error=str(err))
-            self.emit(StepFinished(step.id, step.kind, "apply", "failed", seconds, error=str(err)))
-            return {}, str(err)
         except KeyboardInterrupt:
             journal.step_event(run_id, step.id, step.kind, "apply", "interrupted",
                                time.monotonic() - began)
             raise
+        except Exception as err:  # noqa: BLE001 — any failure of a step is that step's failure
+            seconds = time.monotonic() - began
+            error = describe_failure(err)
+            # What the step had done: its apply's detail when only verify failed.
+            partial = (err.partial if isinstance(err, RolloutError) else None) or detail
+            if partial and step.persistent:
+                # What the step did before failing, so `rollback` can undo it.
+                journal.set_state(self.plan.environment, step.id, step.kind, "partial",
+                                  fingerprint(planned), run_id, partial)
+            journal.step_event(run_id, step.id, step.kind, "apply", "failed", seconds,
+                               partial, error=error)
+            self.emit(StepFinished(step.id, step.kind, "apply", "failed", seconds, error=error))
+            return {}, error
+        assert detail is not None
         seconds = time.monotonic() - began
-        journal.step_event(run_id, step.id, step.kind, "apply", "succeeded", seconds, detail)
-        if step.persistent:
-            journal.set_state(self.plan.environment, step.id, step.kind, "applied",
-                              fingerprint(planned), run_id, detail)
+        state = ("applied", fingerprint(planned)) if step.persistent else None
+        journal.step_succeeded(run_id, self.plan.environment, step.id, step.kind, "apply",
+                               seconds, detail, state)
         self.emit(StepFinished(step.id, step.kind, "apply", "succeeded", seconds,
                                summarize(detail), detail))
         return detail, None
@@ -286,14 +303,14 @@ class Engine:
         host = socket.gethostname()
         run_id = str(uuid.uuid4())
         began = time.monotonic()
-        with journal.lock(self.plan.environment, run_id, operator, host):
+        with journal.lock(self.plan.environment, run_id, operator, host) as lock:
             interrupted = journal.interrupted_run(self.plan.environment)
             if interrupted:
                 journal.set_run_status(interrupted.id, "abandoned",
                                        f"rolled back by run {run_id[:8]}")
             states = journal.states(self.plan.environment)
             todo = [p for p in reversed(candidates)
-                    if (s := states.get(p.step.id)) and s.status == "applied"]
+                    if (s := states.get(p.step.id)) and s.status in UNDOABLE]
             journal.start_run(self._run_info(run_id, "rollback", operator, host))
             self.emit(RunStarted(run_id, "rollback", self.plan.name, self.plan.environment,
                                  self.target.kind, [p.spec.id for p in todo]))
@@ -301,7 +318,7 @@ class Engine:
             if not todo:
                 message = "nothing to roll back"
             try:
-                self._rollback_steps(run_id, todo, operator, states)
+                self._rollback_steps(run_id, todo, operator, states, lock)
             except RollbackFailed as err:
                 status, exit_code, message = "rollback-failed", 3, str(err)
             except KeyboardInterrupt:
@@ -314,11 +331,14 @@ class Engine:
         return RunResult(run_id, status, exit_code, list(self.results), message)
 
     def _rollback_steps(self, run_id: str, todo: list[PlannedStep], operator: str,
-                        states: dict[str, StepState] | None = None) -> None:
+                        states: dict[str, StepState] | None = None,
+                        lock: EnvironmentLock | None = None) -> None:
         journal = self._journal()
         states = states if states is not None else journal.states(self.plan.environment)
         for planned in todo:
             step = planned.step
+            if lock is not None:
+                lock.ensure()
             state = states.get(step.id)
             applied_detail = state.detail if state else {}
             self.emit(StepStarted(step.id, step.kind, "rollback", f"undo: {step.describe()}"))
@@ -327,24 +347,27 @@ class Engine:
             try:
                 detail = step.rollback(self._context(run_id, operator, None, step.id),
                                        applied_detail)
-            except (RolloutError, OSError) as err:
+            except Exception as err:
                 seconds = time.monotonic() - began
+                error = describe_failure(err)
                 journal.step_event(run_id, step.id, step.kind, "rollback", "failed", seconds,
-                                   error=str(err))
+                                   error=error)
                 self.emit(StepFinished(step.id, step.kind, "rollback", "failed", seconds,
-                                       error=str(err)))
-                raise RollbackFailed(f"rollback of step {step.id} failed: {err}",
+                                       error=error))
+                raise RollbackFailed(f"rollback of step {step.id} failed: {error}",
                                      hint="the journal (`rollout status`) shows what was undone; "
                                           "fix the cause and run `rollout rollback` again") from err
             seconds = time.monotonic() - began
-            journal.step_event(run_id, step.id, step.kind, "rollback", "succeeded", seconds,
-                               detail)
-            journal.set_state(self.plan.environment, step.id, step.kind, "rolled-back",
-                              fingerprint(planned), run_id, detail)
+            journal.step_succeeded(run_id, self.plan.environment, step.id, step.kind, "rollback",
+                                   seconds, detail, ("rolled-back", fingerprint(planned)))
             self.emit(StepFinished(step.id, step.kind, "rollback", "succeeded", seconds,
                                    summarize(detail), detail))
 
     # ---- shared pieces ------------------------------------------------------------------------
+
+    def _partial(self, planned: PlannedStep) -> bool:
+        state = self._journal().states(self.plan.environment).get(planned.step.id)
+        return bool(state and state.status == "partial")
 
     def approve(self, run_id: str, step_id: str, approver: str) -> None:
         self._journal().approve(run_id, step_id, approver)
@@ -422,6 +445,15 @@ class Engine:
             plan_checksum=self.plan.checksum, git_commit=git_commit(self.root),
             operator=operator, host=host, status="running", started_at=None,  # type: ignore[arg-type]
             finished_at=None, message=None, release_fingerprint=self.plan.release_fingerprint)
+
+
+def describe_failure(err: BaseException) -> str:
+    """One line for the journal and the operator; unexpected errors name their type."""
+    if isinstance(err, RolloutError):
+        return str(err)
+    if isinstance(err, psycopg.OperationalError):
+        return f"database connection lost: {str(err).strip().splitlines()[0]}"
+    return f"unexpected {type(err).__name__}: {err}"
 
 
 def fingerprint(planned: PlannedStep) -> str:

@@ -9,7 +9,8 @@ Nothing here is part of the product; it only wraps product functions.
 Points:
   before:<step>      before the step's `running` event (the previous step is fully finished)
   started:<step>     after the step's `running` event, before it does anything
-  succeeded:<step>   after the step's `succeeded` event, before its `step_state` is written
+  succeeded:<step>   right after the step's success is journaled (event and state, one
+                     transaction), before anything else
   finish             after every step, before the run's final status is written
   during:backup      pg_dump has written part of the dump; pg_dump is SIGSTOPped there
   during:migrate     the migration's statements ran, its transaction is open (not committed)
@@ -47,7 +48,7 @@ def install() -> None:
     from rollout.adapters import database
     from rollout.engine import journal as journal_mod
 
-    if kind in ("before", "started", "succeeded"):
+    if kind in ("before", "started"):
         original_event = journal_mod.Journal.step_event
 
         def step_event(self: Any, run_id: str, step_id: str, kind_: str, action: str,
@@ -58,10 +59,19 @@ def install() -> None:
             original_event(self, run_id, step_id, kind_, action, status, *args, **kwargs)
             if hit and kind == "started" and status == "running":
                 pause(step=step_id)
-            if hit and kind == "succeeded" and status == "succeeded":
-                pause(step=step_id)
 
         journal_mod.Journal.step_event = step_event  # type: ignore[method-assign]
+
+    if kind == "succeeded":
+        original_succeeded = journal_mod.Journal.step_succeeded
+
+        def step_succeeded(self: Any, run_id: str, environment: str, step_id: str,
+                           *args: Any, **kwargs: Any) -> None:
+            original_succeeded(self, run_id, environment, step_id, *args, **kwargs)
+            if step_id == arg:
+                pause(step=step_id)
+
+        journal_mod.Journal.step_succeeded = step_succeeded  # type: ignore[method-assign]
 
     if kind == "finish":
         original_status = journal_mod.Journal.set_run_status

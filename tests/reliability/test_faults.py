@@ -38,14 +38,9 @@ BOUNDARIES = [f"before:{s}" for s in STEPS] + ["finish"]
 # others are covered by the chain test below, one kill per boundary in the same run).
 SINGLE = ["before:migrate", "before:maintenance-off", "before:deploy-functions", "finish"]
 MIDDLES = ["during:backup", "during:migrate"]
-# The few milliseconds between a persistent step's `succeeded` event and its `step_state` row.
-GAP_BUG = ("engine bug: runner._run_step journals the `succeeded` event before "
-           "journal.set_state(); a SIGKILL between the two leaves the step in the run's "
-           "completed set but not in step_state, so `--resume` skips it as done and never "
-           "records it applied: `rollout plan` shows it pending and `rollout rollback` does not "
-           "undo it (e.g. the migration stays after a rollback)")
-GAPS = [pytest.param(f"succeeded:{s}", marks=pytest.mark.xfail(strict=True, reason=GAP_BUG))
-        for s in ("migrate", "deploy-functions", "flag-25") if s in PERSISTENT]
+# Right after a persistent step's success is journaled: its `succeeded` event and its
+# `step_state` row are written in one transaction, so a kill here must resume cleanly.
+GAPS = [f"succeeded:{s}" for s in ("migrate", "deploy-functions", "flag-25") if s in PERSISTENT]
 
 
 def last_status(cli: Cli, step: str) -> str | None:
@@ -149,17 +144,6 @@ def test_truncated_dump_from_a_killed_backup_is_not_taken_for_a_backup(
 # ---- the database restarted while a step runs ------------------------------------------------
 
 
-RESTART_BUG = (
-    "engine bug: after a PostgreSQL restart the journal's long-lived connection is dead; the "
-    "next Journal.step_event raises psycopg.OperationalError (AdminShutdown), which is not a "
-    "RolloutError, so Engine._apply_steps's `finally` records the run as `succeeded` (status "
-    "still holds its initial value) while the CLI exits 4 'internal error' with the step left "
-    "`running` and not applied; the advisory lock died with the old session too, so another "
-    "apply could have started meanwhile (rollout/engine/runner.py _apply_steps, "
-    "rollout/engine/journal.py Journal.conn)")
-
-
-@pytest.mark.xfail(strict=True, reason=RESTART_BUG)
 @pytest.mark.parametrize("step", ["migrate", "deploy-functions"])
 def test_database_restart_mid_step(cli: Cli, baseline: dict[str, Any], step: str) -> None:
     run = hooked(cli, f"started:{step}", "apply", PLAN)
@@ -191,15 +175,6 @@ def test_database_restart_mid_step(cli: Cli, baseline: dict[str, Any], step: str
 # ---- the edge runtime killed mid-deploy ------------------------------------------------------
 
 
-PARTIAL_DEPLOY_BUG = (
-    "engine gap: a failed edge.deploy step is journaled `failed` and never written to "
-    "step_state, so `rollout rollback` does not undo what it did before failing: the functions "
-    "it started (send-broadcast v1, reset-broadcast-quotas v1) stay deployed and routed after "
-    "the migration is rolled back (rollout/engine/runner.py rollback: only steps whose state "
-    "is `applied`; rollout/steps/edge.py EdgeDeploy.apply returns its record only on success)")
-
-
-@pytest.mark.xfail(strict=True, reason=PARTIAL_DEPLOY_BUG)
 @pytest.mark.parametrize("victim", ["worker", "gateway"])
 def test_edge_runtime_killed_mid_deploy(cli: Cli, baseline: dict[str, Any], victim: str) -> None:
     run = hooked(cli, "deployed:send-broadcast", "apply", PLAN)
