@@ -7,6 +7,8 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.engine.conftest import LOCAL_HEADER, Cli, write_plan
 
 SLOW = LOCAL_HEADER + """
@@ -128,12 +130,14 @@ def test_sigkill_between_steps_then_resume(cli: Cli, tmp_path: Path) -> None:
     assert cli.one("select count(*) from public.slow_migration_marker") == 1
 
 
-def test_sigterm_stops_cleanly_and_lifts_maintenance(cli: Cli, tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+def test_interrupt_stops_cleanly_and_lifts_maintenance(cli: Cli, tmp_path: Path,
+                                                       sig: signal.Signals) -> None:
     plan = write_plan(tmp_path, SLOW)
     proc = cli.spawn("apply", str(plan))
     wait_for(lambda: step_status(cli, "pause") == "running")
     assert maintenance_on(cli)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     proc.communicate(timeout=30)
     assert proc.returncode == 1
     assert not maintenance_on(cli)
