@@ -25,6 +25,16 @@ BROADCASTS = 50
 SENDS = 100
 
 
+_local = threading.local()
+
+
+def client() -> httpx.Client:
+    """One HTTP client per thread (a shared pool raced on sockets under 100 threads)."""
+    if not hasattr(_local, "client"):
+        _local.client = httpx.Client(timeout=60)
+    return _local.client
+
+
 def burst(n: int, call: Callable[[int], Any]) -> list[Any]:
     """Run `call(i)` for i < n on n threads released together by a barrier."""
     barrier = threading.Barrier(n)
@@ -33,8 +43,15 @@ def burst(n: int, call: Callable[[int], Any]) -> list[Any]:
         barrier.wait()
         return call(i)
 
+    def close(_: int) -> None:
+        if hasattr(_local, "client"):
+            _local.client.close()
+            del _local.client
+
     with ThreadPoolExecutor(max_workers=n) as pool:
-        return list(pool.map(one, range(n)))
+        results = list(pool.map(one, range(n)))
+        list(pool.map(lambda i: (barrier.wait(), close(i)), range(n)))
+    return results
 
 
 def new_show(live: Live, organizer: str = OLGA) -> str:
@@ -54,14 +71,13 @@ def test_50_concurrent_broadcasts_against_a_quota_of_2(live: Live) -> None:
     token = live.token(OLGA)
     before = live.one("select count(*) from public.messages where is_broadcast")
 
-    with httpx.Client(timeout=60) as client:
-        def send(i: int) -> httpx.Response:
-            return client.post(f"{live.api}/functions/v1/send-broadcast",
-                               headers=live.headers(token),
-                               json={"show_id": show, "recipient_roles": ["attendee"],
-                                     "message": f"burst {i}", "is_pre_show": True})
+    def send(i: int) -> httpx.Response:
+        return client().post(f"{live.api}/functions/v1/send-broadcast",
+                           headers=live.headers(token),
+                           json={"show_id": show, "recipient_roles": ["attendee"],
+                                 "message": f"burst {i}", "is_pre_show": True})
 
-        responses = burst(BROADCASTS, send)
+    responses = burst(BROADCASTS, send)
     statuses = Counter(r.status_code for r in responses)
     assert statuses == {200: 2, 429: BROADCASTS - 2}, statuses
     for response in responses:
@@ -97,14 +113,13 @@ def test_100_concurrent_sends_into_one_conversation_keep_unread_counts_exact(
                                (conv,))
     tokens = {ALICE: live.token(ALICE), MAX: live.token(MAX)}
 
-    with httpx.Client(timeout=60) as client:
-        def send(i: int) -> httpx.Response:
-            sender = ALICE if i % 2 else MAX
-            return client.post(f"{live.api}/rest/v1/rpc/send_message",
-                               headers=live.headers(tokens[sender]),
-                               json={"p_conversation_id": conv, "p_message_text": f"msg {i}"})
+    def send(i: int) -> httpx.Response:
+        sender = ALICE if i % 2 else MAX
+        return client().post(f"{live.api}/rest/v1/rpc/send_message",
+                           headers=live.headers(tokens[sender]),
+                           json={"p_conversation_id": conv, "p_message_text": f"msg {i}"})
 
-        responses = burst(SENDS, send)
+    responses = burst(SENDS, send)
     assert Counter(r.status_code for r in responses) == {200: SENDS}, \
         [r.text for r in responses if r.status_code != 200][:3]
     assert live.one("select count(*) from public.messages where conversation_id = %s",
@@ -120,16 +135,15 @@ def test_concurrent_sends_and_mark_read_agree_with_the_truth(live: Live) -> None
     conv = ALICE_MAX_CONV
     alice, max_ = live.token(ALICE), live.token(MAX)
 
-    with httpx.Client(timeout=60) as client:
-        def act(i: int) -> httpx.Response:
-            if i % 4 == 0:
-                return client.post(f"{live.api}/rest/v1/rpc/mark_conversation_read",
-                                   headers=live.headers(alice), json={"p_conversation_id": conv})
-            return client.post(f"{live.api}/rest/v1/rpc/send_message",
-                               headers=live.headers(max_),
-                               json={"p_conversation_id": conv, "p_message_text": f"m{i}"})
+    def act(i: int) -> httpx.Response:
+        if i % 4 == 0:
+            return client().post(f"{live.api}/rest/v1/rpc/mark_conversation_read",
+                               headers=live.headers(alice), json={"p_conversation_id": conv})
+        return client().post(f"{live.api}/rest/v1/rpc/send_message",
+                           headers=live.headers(max_),
+                           json={"p_conversation_id": conv, "p_message_text": f"m{i}"})
 
-        responses = burst(80, act)
+    responses = burst(80, act)
     assert {r.status_code for r in responses} <= {200, 204}, \
         [r.text for r in responses if r.status_code >= 300][:3]
     assert unread(live, ALICE, conv) == true_unread(live, ALICE, conv)
