@@ -233,6 +233,7 @@ def baseline() -> Iterator[dict[str, Any]]:
         yield state_snapshot(runner)
     finally:
         LocalStack(state).down()
+        shutil.rmtree(state, ignore_errors=True)
 
 
 # ---- a shared running stack with the plan applied (HTTP tests) ------------------------------
@@ -296,6 +297,7 @@ def live() -> Iterator[Live]:
         yield running
     finally:
         LocalStack(state).down()
+        shutil.rmtree(state, ignore_errors=True)
 
 
 def new_id() -> str:
