@@ -150,6 +150,11 @@ class Db:
 
 
 def _template(pg: EmbeddedPostgres, name: str, source: str, files: list[Path]) -> str:
+    """A template database, made once per server even when another test package imports
+    these fixtures (pytest then holds two instances of the same session fixture)."""
+    with psycopg.connect(pg.url(), autocommit=True) as conn:
+        if conn.execute("select 1 from pg_database where datname = %s", (name,)).fetchone():
+            return name
     url = create_database(pg, name, source)
     for path in files:
         apply_file(url, path)
