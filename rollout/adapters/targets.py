@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 import httpx
 
+from rollout.adapters.local_stack.postgres import process_alive
 from rollout.adapters.local_stack.stack import LocalStack, bundle_digest
 from rollout.errors import StackError, TargetError
 
@@ -104,7 +105,9 @@ class LocalFunctions:
         return done
 
     def live(self) -> dict[str, int]:
-        return {name: worker.version for name, worker in self.stack.deployed().items()}
+        """Versions actually serving: a worker whose process died is not live."""
+        return {name: worker.version for name, worker in self.stack.deployed().items()
+                if process_alive(worker.pid)}
 
 
 class LocalSecrets:

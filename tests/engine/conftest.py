@@ -56,8 +56,9 @@ class Cli:
 def cli() -> Iterator[Cli]:
     state = Path(tempfile.mkdtemp(prefix="rollout-cli-", dir=shared_dir("rollout-tests")))
     state.chmod(0o755)
+    # The local plan's k6 step costs seconds per apply; tests of the load check turn it on.
     env = {**os.environ, "ROLLOUT_STATE_DIR": str(state), "ROLLOUT_OPERATOR": "pytest",
-           "COLUMNS": "200", "NO_COLOR": "1"}
+           "COLUMNS": "200", "NO_COLOR": "1", "ROLLOUT_LOAD": "false"}
     env.pop("ROLLOUT_DEBUG", None)
     yield Cli(state, env)
     LocalStack(state).down()

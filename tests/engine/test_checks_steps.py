@@ -44,7 +44,7 @@ def secrets(cli: Cli) -> list[str]:
 
 
 def test_local_plan_runs_smoke_and_load_and_the_commands_work(cli: Cli, tmp_path: Path) -> None:
-    result = cli.run("apply", PLAN, "--to", "load", "--json")
+    result = cli.run("apply", PLAN, "--to", "load", "--json", ROLLOUT_LOAD="true")
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr
     steps = {s["step_id"]: s for s in json.loads(result.stdout)["steps"]}
 

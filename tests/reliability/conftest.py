@@ -223,6 +223,7 @@ def baseline() -> Iterator[dict[str, Any]]:
     state = Path(tempfile.mkdtemp(prefix="rollout-baseline-", dir=shared_dir("rollout-tests")))
     state.chmod(0o755)
     env = {**os.environ, "ROLLOUT_STATE_DIR": str(state), "ROLLOUT_OPERATOR": "pytest",
+           "ROLLOUT_LOAD": "false",
            "COLUMNS": "200", "NO_COLOR": "1"}
     for name in ("ROLLOUT_DEBUG", "ROLLOUT_LOCAL_PG_PORT", "ROLLOUT_LOCAL_API_PORT"):
         env.pop(name, None)
@@ -276,6 +277,7 @@ def start_live(prefix: str) -> tuple[Live, Path]:
     state = Path(tempfile.mkdtemp(prefix=prefix, dir=shared_dir("rollout-tests")))
     state.chmod(0o755)
     env = {**os.environ, "ROLLOUT_STATE_DIR": str(state), "ROLLOUT_OPERATOR": "pytest",
+           "ROLLOUT_LOAD": "false",
            "COLUMNS": "200", "NO_COLOR": "1"}
     for name in ("ROLLOUT_DEBUG", "ROLLOUT_LOCAL_PG_PORT", "ROLLOUT_LOCAL_API_PORT"):
         env.pop(name, None)
