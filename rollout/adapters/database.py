@@ -8,7 +8,6 @@ from __future__ import annotations
 import re
 import subprocess
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -380,11 +379,3 @@ def tool_major(tool: str) -> int:
 def redact_url(text: str) -> str:
     return re.sub(r"(://[^:/\s]+:)[^@\s]+@", r"\1***@", text)
 
-
-def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.5) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()

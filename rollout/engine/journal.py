@@ -10,7 +10,6 @@ says who holds it, for the refusal message.
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -442,6 +441,3 @@ class Journal:
             "where environment = %s and plan_checksum = %s", (environment, plan_checksum))
         return {row[0]: row[1] for row in rows.fetchall()}
 
-
-def dumps(value: Any) -> str:
-    return json.dumps(value, default=str, sort_keys=True)

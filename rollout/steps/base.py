@@ -16,7 +16,6 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, ValidationInfo
 
 from rollout.adapters.targets import Target
-from rollout.errors import PlanError
 
 Detail = dict[str, Any]
 
@@ -95,7 +94,3 @@ class Step:
         release fingerprint: the same files ⇒ the same release, whichever plan ships them."""
         return []
 
-
-def require(condition: bool, message: str) -> None:
-    if not condition:
-        raise PlanError(message)
