@@ -11,13 +11,24 @@ import pytest
 
 from tests.engine.conftest import LOCAL_HEADER, Cli, write_plan
 
-SLOW = LOCAL_HEADER + """
+
+def window_around(steps: str) -> str:
+    """A local plan: the legacy app, then `steps` inside a maintenance window."""
+    return LOCAL_HEADER + """
   - id: legacy-app
     kind: db.seed
     with: {file: migrations/legacy_baseline.sql}
   - id: maintenance-on
     kind: db.maintenance
     with: {mode: "on"}
+""" + steps + """
+  - id: maintenance-off
+    kind: db.maintenance
+    with: {mode: "off"}
+"""
+
+
+SLOW = window_around("""
   - id: slow-migrate
     kind: db.migrate
     with:
@@ -26,26 +37,12 @@ SLOW = LOCAL_HEADER + """
       lint: "off"
   - id: pause
     kind: gate.pause
-    with: {duration: 2s}
-  - id: maintenance-off
-    kind: db.maintenance
-    with: {mode: "off"}
-"""
+    with: {duration: 2s}""")
 
-BAD = LOCAL_HEADER + """
-  - id: legacy-app
-    kind: db.seed
-    with: {file: migrations/legacy_baseline.sql}
-  - id: maintenance-on
-    kind: db.maintenance
-    with: {mode: "on"}
+BAD = window_around("""
   - id: bad-migrate
     kind: db.migrate
-    with: {file: tests/fixtures/bad_migration.sql, lint: "off"}
-  - id: maintenance-off
-    kind: db.maintenance
-    with: {mode: "off"}
-"""
+    with: {file: tests/fixtures/bad_migration.sql, lint: "off"}""")
 
 
 def maintenance_on(cli: Cli) -> bool:
