@@ -20,27 +20,43 @@ values
   ('50000000-0000-4000-8000-000000000001', 'admin1@demo.local', '{"name": "Ada Admin"}')
 on conflict do nothing;
 
-insert into public.profiles (id, role, display_name)
-values
-  ('10000000-0000-4000-8000-000000000001', 'attendee', 'Alice Attendee'),
-  ('10000000-0000-4000-8000-000000000002', 'attendee', 'Arthur Attendee'),
-  ('20000000-0000-4000-8000-000000000001', 'dealer', 'Dana Dealer'),
-  ('20000000-0000-4000-8000-000000000002', 'dealer', 'Dirk Dealer'),
-  ('30000000-0000-4000-8000-000000000001', 'mvp_dealer', 'Max MVP'),
-  ('40000000-0000-4000-8000-000000000001', 'show_organizer', 'Olga Organizer'),
-  ('40000000-0000-4000-8000-000000000002', 'show_organizer', 'Oscar Organizer'),
-  ('50000000-0000-4000-8000-000000000001', 'admin', 'Ada Admin')
+-- People are created the way production creates them: the app writes account_type and
+-- subscription_status and the role trigger derives profiles.role (collector → attendee,
+-- dealer → dealer or, subscribed, mvp_dealer, organizer → show_organizer when subscribed).
+-- No subscription makes an admin: production's admins were set with the trigger bypassed, and so
+-- is Ada below.
+insert into public.profiles (id, email, first_name, last_name, account_type, subscription_status,
+                             payment_status)
+select u.id, u.email, split_part(u.raw_user_meta_data ->> 'name', ' ', 1),
+       split_part(u.raw_user_meta_data ->> 'name', ' ', 2), k.account_type, k.subscription_status,
+       case when k.subscription_status = 'active' then 'paid' else 'none' end
+  from auth.users u
+  join (values
+    ('10000000-0000-4000-8000-000000000001'::uuid, 'collector', 'none'),
+    ('10000000-0000-4000-8000-000000000002'::uuid, 'collector', 'none'),
+    ('20000000-0000-4000-8000-000000000001'::uuid, 'dealer', 'none'),
+    ('20000000-0000-4000-8000-000000000002'::uuid, 'dealer', 'expired'),
+    ('30000000-0000-4000-8000-000000000001'::uuid, 'dealer', 'active'),
+    ('40000000-0000-4000-8000-000000000001'::uuid, 'organizer', 'active'),
+    ('40000000-0000-4000-8000-000000000002'::uuid, 'organizer', 'active'),
+    ('50000000-0000-4000-8000-000000000001'::uuid, 'collector', 'none')
+  ) as k (id, account_type, subscription_status) on k.id = u.id
 on conflict do nothing;
 
+set local session_replication_role = replica;  -- as production's admins were made
+update public.profiles set role = 'admin'
+ where id = '50000000-0000-4000-8000-000000000001' and role is distinct from 'admin';
+set local session_replication_role = origin;
+
 -- One upcoming show (pre-show broadcasts) and one that already ended (post-show).
-insert into public.shows (id, title, start_date, end_date, status, organizer_id)
+insert into public.shows (id, title, location, address, start_date, end_date, status, organizer_id)
 values
-  ('60000000-0000-4000-8000-000000000001', 'Spring Card Show',
+  ('60000000-0000-4000-8000-000000000001', 'Spring Card Show', 'Springfield', '1 Main St',
    date_trunc('day', now()) + interval '30 days', date_trunc('day', now()) + interval '32 days',
-   'upcoming', '40000000-0000-4000-8000-000000000001'),
-  ('60000000-0000-4000-8000-000000000002', 'Winter Card Show',
+   'ACTIVE', '40000000-0000-4000-8000-000000000001'),
+  ('60000000-0000-4000-8000-000000000002', 'Winter Card Show', 'Springfield', '1 Main St',
    date_trunc('day', now()) - interval '30 days', date_trunc('day', now()) - interval '28 days',
-   'completed', '40000000-0000-4000-8000-000000000001')
+   'COMPLETED', '40000000-0000-4000-8000-000000000001')
 on conflict do nothing;
 
 insert into public.show_participants (userid, showid, role, status)

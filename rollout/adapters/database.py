@@ -138,7 +138,9 @@ create table if not exists rollout.maintenance_functions (
 # Volatile SECURITY DEFINER functions run as their owner, so RLS (and with it the window's
 # restrictive policies) does not see their writes: the window takes EXECUTE away from the API
 # roles for exactly those, and gives it back afterwards. Stable/immutable definer helpers
-# (the ones policies call) are left alone, so reads keep working during the window.
+# (the ones policies call) are left alone, so reads keep working during the window, and so are
+# functions a policy calls whatever their volatility (production's is_admin() is plpgsql, so
+# volatile by default: taking it away would make every read of profiles fail).
 WRITER_FUNCTIONS_SQL = """
 select p.oid::regprocedure::text as signature,
        array(select case when a.grantee = 0 then 'public' else a.grantee::regrole::text end
@@ -149,6 +151,9 @@ select p.oid::regprocedure::text as signature,
 from pg_proc p join pg_namespace n on n.oid = p.pronamespace
 where n.nspname = any(%(schemas)s) and p.prosecdef and p.provolatile = 'v'
   and p.prokind in ('f', 'p')
+  and not exists (select 1 from pg_depend d
+                   where d.classid = 'pg_policy'::regclass
+                     and d.refclassid = 'pg_proc'::regclass and d.refobjid = p.oid)
 """
 
 

@@ -47,6 +47,31 @@ ALICE_DANA_CONV = "70000000-0000-4000-8000-000000000002"
 ARTHUR_OLGA_CONV = "70000000-0000-4000-8000-000000000003"
 
 
+# account_type and subscription_status that production's role trigger turns into each role.
+SUBSCRIPTION_OF_ROLE = {
+    "attendee": ("collector", "none"),
+    "dealer": ("dealer", "none"),
+    "mvp_dealer": ("dealer", "active"),
+    "show_organizer": ("organizer", "active"),
+    "admin": ("collector", "none"),
+}
+
+
+def make_profile(conn: psycopg.Connection, user_id: str, role: str, *, email: str,
+                 first_name: str) -> None:
+    """Insert a profile as production does (the trigger derives `role` from the subscription);
+    an admin, which no subscription makes, with the trigger bypassed as production's were."""
+    account_type, status = SUBSCRIPTION_OF_ROLE[role]
+    with conn.transaction():
+        conn.execute(
+            "insert into public.profiles (id, email, first_name, account_type, "
+            "subscription_status) values (%s, %s, %s, %s, %s)",
+            (user_id, email, first_name, account_type, status))
+        if role == "admin":
+            conn.execute("set local session_replication_role = replica")
+            conn.execute("update public.profiles set role = 'admin' where id = %s", (user_id,))
+
+
 def apply_file(url: str, path: Path) -> None:
     """Apply a whole migration file as the owner, the way the CLI does."""
     with psycopg.connect(url, autocommit=True) as conn:
@@ -115,22 +140,19 @@ class Db:
         return self.q(query, params)[0][0]
 
     def make_user(self, role: str, name: str | None = None) -> str:
+        """A person made the way production makes them: the role from the subscription."""
         user_id = str(uuid.uuid4())
-        self.q(
-            "insert into auth.users (id, email) values (%s, %s)",
-            (user_id, f"{name or role}-{user_id[:8]}@test.local"),
-        )
-        self.q(
-            "insert into public.profiles (id, role, display_name) values (%s, %s, %s)",
-            (user_id, role, name or role),
-        )
+        email = f"{name or role}-{user_id[:8]}@test.local"
+        self.q("insert into auth.users (id, email) values (%s, %s)", (user_id, email))
+        make_profile(self.admin, user_id, role, email=email, first_name=name or role)
         return user_id
 
     def make_show(self, organizer: str, *, days_from_now: int = 10) -> str:
         return str(
             self.val(
-                "insert into public.shows (title, start_date, end_date, organizer_id) "
-                "values ('Test show', now() + make_interval(days => %s), "
+                "insert into public.shows (title, location, address, start_date, end_date, "
+                "organizer_id) values ('Test show', 'Springfield', '1 Main St', "
+                "now() + make_interval(days => %s), "
                 "now() + make_interval(days => %s + 1), %s) returning id",
                 (days_from_now, days_from_now, organizer),
             )

@@ -22,10 +22,11 @@ from tests.messaging.conftest import (
     ROLLBACK,
     SPRING_SHOW,
     V2,
+    Api,
     Db,
     apply_file,
 )
-from tests.messaging.helpers import assert_unread_exact
+from tests.messaging.helpers import assert_unread_exact, refused, stored_unread
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "this text was moderated away"
@@ -81,32 +82,32 @@ def test_apply_rollback_apply_rollback_is_lossless_and_exact(v2db: Db) -> None:
     rolled_rows = row_snapshot(v2db.admin)
     # Every row is still there (public or archive), counted per kind of data.
     assert v2db.val("select count(*) from public.messages") == applied_rows["public.messages"][0]
-    assert v2db.val("select count(*) from messaging_v2_archive.reported_messages") == 1
+    # Reports and broadcasts live in production's own tables and columns: they stay put.
+    assert v2db.val("select count(*) from public.reported_messages where id = %s",
+                    (ids["report"],)) == 1
+    assert v2db.val("select count(*) from public.messages where is_broadcast and is_one_way") == 2
+    # Today's quota use is folded into production's earlier shape; v2's rows are archived.
+    assert v2db.q("select pre_show_remaining, post_show_remaining from public.broadcast_quotas "
+                  "where organizer_id = %s and show_id = %s", (OLGA, SPRING_SHOW)) == [(1, 1)]
     assert v2db.val("select count(*) from messaging_v2_archive.broadcast_quotas") == 1
     assert v2db.val("select count(*) from messaging_v2_archive.feature_flag_audit") == 2
     assert v2db.val("select count(*) from messaging_v2_archive.moderated_message_texts") == 2
-    assert v2db.val(
-        "select count(*) from messaging_v2_archive.messages_v2_columns where is_broadcast"
-    ) == 2
     # Legacy behaviour: no v2 function, the deleted text nowhere in public.
     assert v2db.val(
         "select to_regprocedure('public.send_broadcast(uuid,text,text[],boolean)')") is None
     no_secret_anywhere_public(v2db)
-    alice = v2db.as_user(ALICE)
-    texts = [r[0] for r in alice.sql(
-        "select message_text from public.messages where conversation_id = "
-        "(select conversation_id from public.messages where id = %s)", (ids["dm"],))]
-    assert all(SECRET not in t for t in texts)
-    assert all(SECRET not in (r[0] or "") for r in alice.sql(
-        "select last_message_text from public.conversations"))
     # The API roles cannot reach the archive.
     with pytest.raises(psycopg.errors.InsufficientPrivilege):
-        alice.sql("select * from messaging_v2_archive.moderated_message_texts")
+        v2db.as_user(ALICE).sql("select * from messaging_v2_archive.moderated_message_texts")
 
-    # Re-apply restores the v2 state exactly.
+    # Re-apply restores the v2 state exactly; production's quota table, which the rollback
+    # gave today's usage, waits in the archive with it.
     apply_file(v2db.url, V2)
     assert schema_snapshot(v2db.admin) == applied_schema
-    assert row_snapshot(v2db.admin) == applied_rows
+    reapplied_rows = row_snapshot(v2db.admin)
+    assert reapplied_rows.pop("messaging_v2_archive.broadcast_quotas_v1")[0] == 1
+    assert applied_rows.pop("messaging_v2_archive.broadcast_quotas_v1")[0] == 0
+    assert reapplied_rows == applied_rows
     ada = v2db.as_user(ADA)
     conv = v2db.val("select conversation_id from public.messages where id = %s", (ids["dm"],))
     admin_view = {r[0]: r[2] for r in ada.rpc("get_conversation_messages", p_conversation_id=conv)}
@@ -136,18 +137,21 @@ def test_both_files_can_be_re_run(v2db: Db) -> None:
 
 
 def test_legacy_app_works_after_rollback(v2db: Db) -> None:
+    """After a rollback the app is production's again: its bookkeeping trigger alone counts
+    (once), and its direct reads behave as they did before the release."""
     write_v2_data(v2db)
     apply_file(v2db.url, ROLLBACK)
-    dana = v2db.as_user(DANA)
-    # Legacy rule: any participant writes; the legacy trigger keeps the bookkeeping.
-    dana.sql(
-        "insert into public.messages (conversation_id, sender_id, message_text) "
-        "values ('70000000-0000-4000-8000-000000000002', %s, 'back on legacy')", (DANA,))
-    assert v2db.val(
-        "select last_message_text from public.conversations "
-        "where id = '70000000-0000-4000-8000-000000000002'") == "back on legacy"
-    assert len(v2db.as_user(ALICE).sql(
-        "select id from public.messages where conversation_id = %s", (ALICE_MAX_CONV,))) >= 240
+    conv = "70000000-0000-4000-8000-000000000002"
+    before = stored_unread(v2db, conv, ALICE)
+    service = Api(v2db.as_user(None).conn, None, role="service_role")
+    service.sql("insert into public.messages (conversation_id, sender_id, message_text) "
+                "values (%s, %s, 'back on legacy')", (conv, DANA))
+    assert v2db.val("select last_message_text from public.conversations where id = %s",
+                    (conv,)) == "back on legacy"
+    assert stored_unread(v2db, conv, ALICE) == before + 1
+    # As deployed, the participants policy recurses for API users: the same after a rollback.
+    refused(lambda: v2db.as_user(ALICE).sql(
+        "select id from public.messages where conversation_id = %s", (ALICE_MAX_CONV,)), "42P17")
 
 
 def test_a_failed_run_leaves_nothing(legacy_db: Db) -> None:
@@ -186,15 +190,26 @@ MESSAGING_TABLES = (
     "conversations", "conversation_participants", "messages", "broadcast_quotas",
     "reported_messages", "moderated_message_texts", "feature_flags", "feature_flag_audit",
 )
+# What v2 creates (the style rules below are v2's; production's own objects are as deployed).
+V2_TABLES = set(re.findall(r"^create table if not exists public\.(\w+)", V2.read_text(), re.M))
+V2_POLICIES = set(re.findall(r"^create policy (\w+)", V2.read_text(), re.M))
+V2_FUNCTIONS = set(re.findall(r"^create or replace function public\.(\w+)", V2.read_text(),
+                              re.M))
+# Production's functions, whose search_path v2 pins (their bodies name tables unqualified).
+PRODUCTION_FUNCTIONS = set(re.findall(r"^alter function public\.(\w+)\(\) set search_path",
+                                      V2.read_text(), re.M))
 
 
-def test_every_table_has_rls_and_a_comment(v2db: Db) -> None:
+def test_every_table_has_rls_and_v2_tables_a_comment(v2db: Db) -> None:
     rows = v2db.q(
         "select c.relname, c.relrowsecurity, obj_description(c.oid, 'pg_class') "
         "from pg_class c where c.relnamespace = 'public'::regnamespace and c.relkind = 'r'"
     )
     assert {r[0] for r in rows} >= set(MESSAGING_TABLES)
-    assert [r[0] for r in rows if not r[1] or not r[2]] == []
+    assert V2_TABLES == {"broadcast_quotas", "feature_flags", "feature_flag_audit",
+                         "moderated_message_texts"}
+    assert [r[0] for r in rows if not r[1]] == []
+    assert [r[0] for r in rows if r[0] in V2_TABLES and not r[2]] == []
 
 
 def test_every_policy_column_and_the_inbox_columns_are_indexed(v2db: Db) -> None:
@@ -206,8 +221,8 @@ def test_every_policy_column_and_the_inbox_columns_are_indexed(v2db: Db) -> None
                              and d.refobjid = p.polrelid and d.refobjsubid > 0
              join pg_class c on c.oid = p.polrelid
              join pg_attribute a on a.attrelid = p.polrelid and a.attnum = d.refobjsubid
-            where c.relnamespace = 'public'::regnamespace"""
-    )
+            where c.relnamespace = 'public'::regnamespace and p.polname = any(%s)""",
+        (sorted(V2_POLICIES),))
     needed = set(policy_columns) | {
         ("conversation_participants", "user_id"),  # inbox, unread total
         ("conversation_participants", "conversation_id"),
@@ -242,8 +257,9 @@ def test_policies_are_per_operation_to_authenticated_and_use_select_uid(v2db: Db
     rows = v2db.q(
         "select tablename, policyname, roles::text, cmd, "
         "coalesce(qual, '') || ' ' || coalesce(with_check, '') from pg_policies "
-        "where schemaname = 'public' and tablename = any(%s)", (list(MESSAGING_TABLES),)
+        "where schemaname = 'public' and policyname = any(%s)", (sorted(V2_POLICIES),)
     )
+    assert len(rows) == len(V2_POLICIES) >= 9
     for table, name, roles, cmd, expr in rows:
         assert roles == "{authenticated}", name
         assert cmd != "ALL", name
@@ -252,7 +268,8 @@ def test_policies_are_per_operation_to_authenticated_and_use_select_uid(v2db: Db
         assert "auth.uid()" not in bare, f"{table}.{name} uses bare auth.uid()"
     per_op = v2db.q(
         "select tablename, cmd, count(*) from pg_policies where schemaname = 'public' "
-        "and tablename = any(%s) group by 1, 2 having count(*) > 1", (list(MESSAGING_TABLES),)
+        "and tablename = any(%s) and permissive = 'PERMISSIVE' group by 1, 2 "
+        "having count(*) > 1", (list(MESSAGING_TABLES),)
     )
     assert per_op == []
     triggers = v2db.q("select tgname from pg_trigger where tgname like 'rollout\\_%%'")
@@ -262,22 +279,26 @@ def test_policies_are_per_operation_to_authenticated_and_use_select_uid(v2db: Db
 def test_security_definer_functions_pin_search_path_and_say_why(v2db: Db) -> None:
     rows = v2db.q(
         "select p.proname, p.proconfig, obj_description(p.oid, 'pg_proc') from pg_proc p "
-        "where p.pronamespace = 'public'::regnamespace and p.prosecdef "
-        "and p.proname <> 'handle_new_message'"
+        "where p.pronamespace = 'public'::regnamespace and p.prosecdef"
     )
     assert len(rows) > 10
     for name, config, comment in rows:
-        assert config == ["search_path=\"\""] or config == ["search_path=''"] or \
-            config == ['search_path=""'], (name, config)
+        if name in PRODUCTION_FUNCTIONS:
+            assert config == ["search_path=public, pg_temp"], (name, config)
+            continue
+        assert name in V2_FUNCTIONS, name
+        assert config in (["search_path=\"\""], ["search_path=''"]), (name, config)
         assert comment and "definer" in comment.lower(), name
+    pinned = v2db.q("select p.proname from pg_proc p where p.pronamespace = "
+                    "'public'::regnamespace and p.proconfig is null")
+    assert pinned == []  # every function in public, v2's and production's, pins search_path
 
 
 def test_anon_executes_nothing_and_only_service_role_resets_quotas(v2db: Db) -> None:
     anon_exec = v2db.q(
         "select p.proname from pg_proc p where p.pronamespace = 'public'::regnamespace "
-        "and p.proname <> 'handle_new_message' "
-        "and has_function_privilege('anon', p.oid, 'execute')"
-    )
+        "and p.proname = any(%s) and has_function_privilege('anon', p.oid, 'execute')",
+        (sorted(V2_FUNCTIONS),))
     assert anon_exec == []
     assert v2db.val(
         "select has_function_privilege('authenticated', "
@@ -327,14 +348,16 @@ def test_pg15_round_trip_and_permission_smoke(pg15, pg15_legacy_template: str) -
         rolled_rows = row_snapshot(db.admin)
         apply_file(url, V2)
         assert schema_snapshot(db.admin) == applied
-        assert row_snapshot(db.admin) == rows
+        reapplied = row_snapshot(db.admin)
+        # The rollback gave production's quota table today's usage (one row), kept with it.
+        assert reapplied.pop("messaging_v2_archive.broadcast_quotas_v1")[0] == 1
+        assert rows.pop("messaging_v2_archive.broadcast_quotas_v1")[0] == 0
+        assert reapplied == rows
         apply_file(url, ROLLBACK)
         assert schema_snapshot(db.admin) == rolled
         assert row_snapshot(db.admin) == rolled_rows
         apply_file(url, V2)
         # Permission smoke: matrix, reply rule, quota, privileges.
-        from tests.messaging.helpers import refused
-
         alice = db.as_user(ALICE)
         refused(lambda: db.as_user(ARTHUR).rpc1("send_direct_message", p_recipient_id=DANA,
                                    p_message_text="hi"), "PT403")
