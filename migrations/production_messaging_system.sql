@@ -358,11 +358,15 @@ stable
 security definer
 set search_path = ''
 as $$
-  -- Dealers never reply; in a 'show' conversation (a broadcast) only a participant marked
-  -- can_reply (its sender) writes; elsewhere can_reply defaults to true.
+  -- Dealers never reply; a 'show' conversation (a broadcast) is one-way: only whoever
+  -- broadcast in it writes there, whatever can_reply says; elsewhere can_reply decides.
   select coalesce((
     select lower(p.role) <> 'dealer'
-           and coalesce(cp.can_reply, c.type <> 'show')
+           and coalesce(cp.can_reply, true)
+           and (c.type <> 'show'
+                or exists (select 1 from public.messages m
+                            where m.conversation_id = c.id and m.sender_id = p_user_id
+                              and m.is_broadcast))
       from public.conversation_participants cp
       join public.profiles p on p.id = cp.user_id
       join public.conversations c on c.id = cp.conversation_id

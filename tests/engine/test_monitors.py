@@ -47,7 +47,7 @@ def stack() -> Iterator[Cli]:
 def report_pending(cli: Cli, how_many: int) -> list[str]:
     """Pending reports on distinct (message, reporter) pairs, as `report_message` would leave."""
     rows = cli.sql(
-        "insert into public.reported_messages (message_id, reported_by, reason) "
+        "insert into public.reported_messages (message_id, reported_by, report_reason) "
         "select m.id, p.id, 'spam' from public.messages m cross join public.profiles p "
         "where not exists (select 1 from public.reported_messages r where r.message_id = m.id "
         "and r.reported_by = p.id) limit %s returning id::text", (how_many,))

@@ -51,7 +51,7 @@ def test_broadcast_by_role_and_audience(v2db: Db, sender_role: str, audience: st
     assert result["recipient_count"] == len(expected)
     for user in expected:
         convs = v2db.as_user(user).rpc("get_user_conversations")
-        assert [(c[1], c[5]) for c in convs] == [("broadcast", 1)]
+        assert [(c[1], c[5]) for c in convs] == [("show", 1)]
 
 
 def test_broadcast_to_several_roles_and_recipients_cannot_reply(v2db: Db) -> None:
@@ -102,14 +102,20 @@ def test_quota_two_pre_show_one_post_show_then_429(v2db: Db) -> None:
     assert send(True)["quota_remaining"] == 0
     refused(lambda: send(True), "PT429")
     refused(lambda: send(None), "PT429")
-    assert send(False)["quota_remaining"] == 0
-    refused(lambda: send(False), "PT429")
+    # The phase comes from the show's dates: declaring post-show before it starts is refused
+    # (it used to buy a third broadcast in a day) and charges nothing.
+    refused(lambda: send(False), "PT400")
+    assert v2db.val("select post_show_used from public.broadcast_quotas") == 0
     # Quota is per organizer and show: another show of the same organizer is untouched.
     other = v2db.make_show(organizer, days_from_now=-5)
     v2db.register(v2db.make_user("attendee"), other)
     assert api.rpc1("send_broadcast", p_show_id=other, p_message_text="Thanks for coming",
                     p_recipient_roles=["attendee"])["quota_remaining"] == 0  # derived post-show
-    assert v2db.val("select count(*) from public.messages where is_broadcast") == 4
+    refused(lambda: api.rpc1("send_broadcast", p_show_id=other, p_message_text="Again",
+                             p_recipient_roles=["attendee"]), "PT429")
+    refused(lambda: api.rpc1("send_broadcast", p_show_id=other, p_message_text="Again",
+                             p_recipient_roles=["attendee"], p_is_pre_show=True), "PT400")
+    assert v2db.val("select count(*) from public.messages where is_broadcast") == 3
 
 
 def test_quota_is_per_utc_day_and_does_not_need_the_reset(v2db: Db) -> None:

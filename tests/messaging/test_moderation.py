@@ -72,8 +72,11 @@ def test_placeholder_hides_the_text_on_every_path_but_the_admin_function(v2db: D
         assert api.sql("select * from public.moderated_message_texts") == []
     admin_page = v2db.as_user(admin).rpc("get_conversation_messages", p_conversation_id=s["conv"])
     assert [(r[2], r[3]) for r in admin_page] == [(SECRET, True)]
-    assert v2db.as_user(admin).sql("select message_text, reason from public.moderated_message_texts"
-                                   ) == [(SECRET, "abuse")]
+    assert v2db.as_user(admin).sql("select message_text from public.moderated_message_texts"
+                                   ) == [(SECRET,)]
+    # Who, when and why go into production's own moderation columns.
+    assert v2db.q("select deleted_by::text, deletion_reason, deleted_at is not null "
+                  "from public.messages where id = %s", (s["message"],)) == [(admin, "abuse", True)]
     # The organizer (a moderator, not an admin) does not see it either.
     assert v2db.as_user(s["organizer"]).sql("select * from public.moderated_message_texts") == []
 
@@ -94,7 +97,7 @@ def test_reports(v2db: Db) -> None:
     report = mvp.rpc1("report_message", p_message_id=s["message"], p_reason=" spam ")
     # One open report per reporter and message: a repeat returns the same report.
     assert mvp.rpc1("report_message", p_message_id=s["message"], p_reason="again") == report
-    assert mvp.sql("select id, reason, report_status from public.reported_messages") == [
+    assert mvp.sql("select id, report_reason, report_status from public.reported_messages") == [
         (report, "spam", "pending")]
     refused(lambda: mvp.rpc1("report_message", p_message_id=s["message"], p_reason=" "), "PT400")
     outsider = v2db.as_user(v2db.make_user("attendee"))
@@ -105,7 +108,7 @@ def test_reports(v2db: Db) -> None:
                              p_message_id="00000000-0000-4000-8000-000000000000",
                              p_reason="x"), "PT404")
     refused(lambda: mvp.sql("insert into public.reported_messages "
-                            "(message_id, reported_by, reason) "
+                            "(message_id, reported_by, report_reason) "
                             "values (%s, %s, 'direct')", (s["message"], s["mvp"])), "42501")
     # Moderation closes the pending reports.
     admin = v2db.make_user("admin")
