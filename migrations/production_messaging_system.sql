@@ -89,6 +89,11 @@ alter function public.sync_user_role() set search_path = public, pg_temp;
 alter function public.set_role_when_added_trigger() set search_path = public, pg_temp;
 alter function public.messages_update_conversation_trigger() set search_path = public, pg_temp;
 
+-- messages.created_at defaults to timezone('utc', now()): UTC wall-clock time read back in the
+-- session's time zone, so wrong by the offset on any session not in UTC. now() is the instant
+-- (catalog-only change; the rollback puts production's default back).
+alter table public.messages alter column created_at set default now();
+
 -- ---------------------------------------------------------------------------------------
 -- Broadcast quotas: the earlier shape steps aside, v2's per-day table takes the name.
 -- ---------------------------------------------------------------------------------------

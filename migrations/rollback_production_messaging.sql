@@ -168,7 +168,8 @@ create policy messages_update_own on public.messages for update
 drop policy if exists messages_delete_own on public.messages;
 create policy messages_delete_own on public.messages for delete using (sender_id = auth.uid());
 
--- 6. v2's indexes on production tables.
+-- 6. v2's indexes and the messages.created_at default on production tables.
+alter table public.messages alter column created_at set default timezone('utc', now());
 drop index if exists public.reported_messages_message_id_idx;
 drop index if exists public.reported_messages_reported_by_idx;
 drop index if exists public.reported_messages_report_status_idx;

@@ -282,6 +282,16 @@ def maintenance_active(url: str) -> bool:
 # ---- catalog checks ----------------------------------------------------------------------------
 
 
+def relation_exists(url: str, name: str) -> bool:
+    """Does a table, view or other relation by this (optionally schema-qualified) name exist."""
+    try:
+        with connect(url) as conn:
+            row = conn.execute("select to_regclass(%s) is not null", (name,)).fetchone()
+    except psycopg.Error as err:
+        raise TargetError(describe_pg_error(err)) from err
+    return bool(row and row[0])
+
+
 def missing_objects(url: str, tables: list[str], rls_tables: list[str],
                     functions: list[str]) -> list[str]:
     """What of the expected schema is absent: tables, RLS flags, functions (schema-qualified)."""

@@ -40,6 +40,7 @@ from rollout.adapters.smoke import (
     insert_auth_users,
     mint_token,
     service_connection,
+    upsert_profiles,
 )
 from rollout.errors import TargetError
 from rollout.paths import project_root
@@ -224,18 +225,14 @@ def seed_load_users(db_url: str, attendees: int, mvp_dealers: int, organizers: i
         with service_connection(db_url) as conn, conn.transaction():
             insert_auth_users(conn, [(uid, f"load+{uid[-17:]}@rollout.invalid",
                                       f"Load {role} {uid[-6:]}") for uid, role in people])
+            upsert_profiles(conn, [(uid, role, f"Load {role} {uid[-6:]}")
+                                   for uid, role in people])
             conn.execute(
-                """insert into public.profiles (id, role, display_name)
-                   select id, role, 'Load ' || role || ' ' || right(id::text, 6)
-                     from unnest(%s::uuid[], %s::text[]) as t (id, role)
-                   on conflict (id) do update set role = excluded.role""",
-                ([uid for uid, _ in people], [role for _, role in people]),
-            )
-            conn.execute(
-                """insert into public.shows (id, title, start_date, end_date, status, organizer_id)
-                   select id, 'Rollout load show ' || right(id::text, 6),
-                          date_trunc('day', now()) + interval '30 days',
-                          date_trunc('day', now()) + interval '31 days', 'upcoming', org
+                """insert into public.shows (id, title, location, address, start_date, end_date,
+                                             status, organizer_id)
+                   select id, 'Rollout load show ' || right(id::text, 6), 'Load City',
+                          '1 Load St', date_trunc('day', now()) + interval '30 days',
+                          date_trunc('day', now()) + interval '31 days', 'ACTIVE', org
                      from unnest(%s::uuid[], %s::uuid[]) as t (id, org)
                    on conflict (id) do update
                      set start_date = excluded.start_date, end_date = excluded.end_date,

@@ -170,6 +170,39 @@ def insert_auth_users(conn: psycopg.Connection, users: Sequence[tuple[str, str, 
         cur.executemany(query, [[_AUTH_USER_VALUES[c](*user) for c in columns] for user in users])
 
 
+# The subscription production's role trigger turns into each role (profiles.role is derived
+# from account_type + subscription_status; no subscription makes an admin).
+SUBSCRIPTION_OF_ROLE = {
+    "attendee": ("collector", "none"),
+    "dealer": ("dealer", "none"),
+    "mvp_dealer": ("dealer", "active"),
+    "show_organizer": ("organizer", "active"),
+    "admin": ("collector", "none"),
+}
+
+
+def upsert_profiles(conn: psycopg.Connection, people: Sequence[tuple[str, str, str]]) -> None:
+    """Create or update (id, role, name) profiles the way production does: the role comes from
+    the subscription written here. An admin is then set by this privileged connection, which
+    v2's role trigger keeps (it only derives roles for the API roles' writes)."""
+    rows = [(uid, f"{uid}@rollout.invalid", name, *SUBSCRIPTION_OF_ROLE[role], role == "admin")
+            for uid, role, name in people]
+    conn.execute(
+        """insert into public.profiles (id, email, first_name, account_type, subscription_status)
+           select id, email, name, account_type, status
+             from unnest(%s::uuid[], %s::text[], %s::text[], %s::text[], %s::text[])
+                  as t (id, email, name, account_type, status)
+           on conflict (id) do update
+             set account_type = excluded.account_type,
+                 subscription_status = excluded.subscription_status""",
+        [list(column) for column in zip(*[r[:5] for r in rows], strict=True)],
+    )
+    admins = [uid for uid, *_, admin in rows if admin]
+    if admins:
+        conn.execute("update public.profiles set role = 'admin' where id = any(%s::uuid[])",
+                     (admins,))
+
+
 def delete_cast(conn: psycopg.Connection, user_ids: Sequence[str],
                 show_ids: Sequence[str]) -> dict[str, int]:
     """Delete the given users and shows and every row that references them, children first.
@@ -249,18 +282,13 @@ def seed_demo(db_url: str) -> DemoCast:
     try:
         with service_connection(db_url) as conn, conn.transaction():
             insert_auth_users(conn, users)
-            with conn.cursor() as cur:
-                cur.executemany(
-                    """insert into public.profiles (id, role, display_name) values (%s, %s, %s)
-                       on conflict (id) do update
-                         set role = excluded.role, display_name = excluded.display_name""",
-                    [(uid, role, name) for uid, role, name in DEMO_USERS.values()],
-                )
+            upsert_profiles(conn, list(DEMO_USERS.values()))
             conn.execute(
-                """insert into public.shows (id, title, start_date, end_date, status, organizer_id)
-                   values (%(id)s, 'Rollout smoke show',
+                """insert into public.shows (id, title, location, address, start_date, end_date,
+                                             status, organizer_id)
+                   values (%(id)s, 'Rollout smoke show', 'Smoke City', '1 Smoke St',
                            date_trunc('day', now()) + interval '14 days',
-                           date_trunc('day', now()) + interval '15 days', 'upcoming', %(org)s)
+                           date_trunc('day', now()) + interval '15 days', 'ACTIVE', %(org)s)
                    on conflict (id) do update
                      set start_date = excluded.start_date, end_date = excluded.end_date,
                          status = excluded.status, organizer_id = excluded.organizer_id""",

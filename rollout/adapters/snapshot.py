@@ -25,6 +25,7 @@ from rollout.adapters.smoke import (
     mint_token,
     service_connection,
     table_exists,
+    upsert_profiles,
 )
 from rollout.errors import TargetError
 
@@ -238,11 +239,8 @@ def write_witness(api_url: str, anon_key: str, jwt_secret: str, db_url: str,
         with service_connection(db_url) as conn, conn.transaction():
             insert_auth_users(conn, [(uid, f"rehearsal+{role}@rollout.invalid", name)
                                      for role, (uid, name) in WITNESS_USERS.items()])
-            with conn.cursor() as cur:
-                cur.executemany(
-                    """insert into public.profiles (id, role, display_name) values (%s, %s, %s)
-                       on conflict (id) do update set role = excluded.role""",
-                    [(uid, role, name) for role, (uid, name) in WITNESS_USERS.items()])
+            upsert_profiles(conn, [(uid, role, name)
+                                   for role, (uid, name) in WITNESS_USERS.items()])
     except psycopg.Error as err:
         raise TargetError(f"seeding the witness users failed: {first_line(err)}") from err
 

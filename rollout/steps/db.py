@@ -256,6 +256,10 @@ class DbVerify(Step):
 
 class SeedParams(Params):
     file: ProjectFile
+    unless_exists: str | None = Field(
+        None, description="Skip the file when this relation already exists (e.g. "
+                          "public.profiles: the app's schema is there), for files that are not "
+                          "idempotent, such as production's schema dump.")
 
 
 class DbSeed(Step):
@@ -268,13 +272,17 @@ class DbSeed(Step):
     params: SeedParams
 
     def describe(self) -> str:
-        return f"run {self.params.file} (idempotent; local only)"
+        guard = f", unless {self.params.unless_exists} exists" if self.params.unless_exists else ""
+        return f"run {self.params.file} (local only{guard})"
 
     def fingerprint(self) -> str:
         return f"{self.kind}:{self.params.file}:{sha256_file(project_root() / self.params.file)}"
 
     def apply(self, ctx: StepContext) -> Detail:
+        guard = self.params.unless_exists
         try:
+            if guard and db.relation_exists(ctx.target.db_url, guard):
+                return {"file": self.params.file, "skipped": f"{guard} exists"}
             db.run_sql(ctx.target.db_url, ctx.path(self.params.file).read_text())
         except TargetError as err:
             raise StepFailed(f"{self.params.file}: {err}") from err

@@ -17,7 +17,7 @@ PLAN = "plans/local.yaml"
 BROKEN = LOCAL_HEADER + """
   - id: legacy-app
     kind: db.seed
-    with: {file: migrations/legacy_baseline.sql}
+    with: {file: migrations/legacy_baseline.sql, unless_exists: public.profiles}
   - id: migrate
     kind: db.migrate
     with:

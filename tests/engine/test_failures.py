@@ -17,7 +17,7 @@ def window_around(steps: str) -> str:
     return LOCAL_HEADER + """
   - id: legacy-app
     kind: db.seed
-    with: {file: migrations/legacy_baseline.sql}
+    with: {file: migrations/legacy_baseline.sql, unless_exists: public.profiles}
   - id: maintenance-on
     kind: db.maintenance
     with: {mode: "on"}

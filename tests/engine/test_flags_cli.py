@@ -23,7 +23,7 @@ from tests.engine.conftest import LOCAL_HEADER, Cli, write_plan
 SETUP = LOCAL_HEADER + """
   - id: legacy-app
     kind: db.seed
-    with: {file: migrations/legacy_baseline.sql}
+    with: {file: migrations/legacy_baseline.sql, unless_exists: public.profiles}
   - id: demo-data
     kind: db.seed
     with: {file: migrations/local/demo_seed.sql}

@@ -17,7 +17,7 @@ PHASES = ["reset", "baseline", "snapshot", "apply", "smoke", "witness", "rollbac
 LEAKY = LOCAL_HEADER + """
   - id: legacy-app
     kind: db.seed
-    with: {file: migrations/legacy_baseline.sql}
+    with: {file: migrations/legacy_baseline.sql, unless_exists: public.profiles}
   - id: demo-data
     kind: db.seed
     with: {file: migrations/local/demo_seed.sql}
@@ -67,7 +67,7 @@ def test_rehearsal_of_the_local_plan_passes_and_is_journaled(cli: Cli, tmp_path:
     assert data["after_rollback"]["reported_messages"]["count"] == \
         before["reported_messages"]["count"]
     assert data["after_rollback"]["reported_messages"]["where"] == {
-        "messaging_v2_archive.reported_messages": before["reported_messages"]["count"]}
+        "public.reported_messages": before["reported_messages"]["count"]}
     assert data["kept_after_rollback"] is True and data["kept_after_reapply"] is True
     witness = data["witness"]
     assert cli.one("select count(*) from public.reported_messages where id = %s",

@@ -39,7 +39,12 @@ def test_apply_rollback_apply_keeps_every_message(cli: Cli) -> None:
     assert back.returncode == 0, back.stderr
     assert cli.one("select to_regprocedure('public.send_broadcast(uuid,text,text[],boolean)')") \
         is None
-    assert cli.one("select to_regclass('public.broadcast_quotas')") is None
+    # Production's earlier-shape quota table is back; v2's per-day one is archived.
+    assert cli.one("select to_regclass('public.broadcast_quotas')") == "broadcast_quotas"
+    assert cli.one("select to_regclass('public.feature_flags')") is None
+    assert cli.one("select count(*) from information_schema.columns where table_schema = "
+                   "'public' and table_name = 'broadcast_quotas' and column_name = "
+                   "'pre_show_remaining'") == 1
     assert cli.one("select count(*) from public.messages") == messages_before
     assert cli.stack.deployed() == {}
     assert cli.stack.schedules() == []

@@ -140,5 +140,9 @@ def test_staging_plan_applies_and_rolls_back(project: str, supabase: tuple[FakeS
     assert "JWT_SECRET" not in fake.secrets  # created by the plan: removed
     with psycopg.connect(project) as conn:
         assert conn.execute("select count(*) from cron.job").fetchone() == (0,)
-        assert conn.execute("select to_regclass('public.broadcast_quotas')").fetchone() == (None,)
+        assert conn.execute("select to_regclass('public.feature_flags')").fetchone() == (None,)
+        assert conn.execute(  # production's earlier-shape quota table is back
+            "select count(*) from information_schema.columns where table_schema = 'public' "
+            "and table_name = 'broadcast_quotas' and column_name = 'pre_show_remaining'"
+        ).fetchone() == (1,)
         assert conn.execute("select count(*) from public.messages").fetchone()[0] >= 200  # type: ignore[index]
