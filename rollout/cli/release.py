@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from rollout.cli.render import JsonRenderer
     from rollout.engine.journal import Journal
     from rollout.engine.plan import Plan
-    from rollout.engine.runner import Engine
+    from rollout.engine.runner import Engine, StepView
 
 # The engine, its steps and adapters (psycopg, httpx, pydantic, jwt) are imported inside the
 # commands: `rollout --help` and shell completion must not pay for them.
@@ -34,7 +34,8 @@ YES_OPT = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."
 
 STATE_STYLE = {"pending": "[yellow]pending[/yellow]", "applied": "[cyan]applied[/cyan]",
                "changed": "[magenta]changed[/magenta]", "disabled": "[dim]disabled[/dim]",
-               "always": "[blue]runs each time[/blue]"}
+               "always": "[blue]runs each time[/blue]",
+               "mismatch": "[red]mismatch — apply refuses[/red]"}
 
 
 def _load(path: str) -> Plan:
@@ -122,7 +123,9 @@ def plan_command(
 ) -> None:
     """Validate PLAN and show what `apply` would do, step by step, against the target's state.
 
-    Steps already applied show as such. Exit 2 when the plan is invalid.
+    Steps already applied show as such. A migration whose target is not the database it was
+    written for shows `mismatch` and the differences (apply would refuse it). Exit 2 when the
+    plan is invalid or a step's target does not match.
     `rollout plan schema` prints the JSON Schema of plan files (for editors).
     """
     if plan == "schema" and not Path(plan).exists():
@@ -137,6 +140,7 @@ def plan_command(
         print(json.dumps({"plan": loaded.name, "environment": loaded.environment,
                           "checksum": loaded.checksum,
                           "steps": [view.__dict__ for view in views]}, indent=2))
+        _exit_on_mismatch(views)
         return
     table = Table("#", "step", "kind", "state", "on failure", "what it does",
                   title=f"{loaded.name} → {loaded.environment} ({loaded.model.target.kind})")
@@ -144,6 +148,18 @@ def plan_command(
         table.add_row(str(i), view.id, view.kind, STATE_STYLE.get(view.state, view.state),
                       view.on_failure, engine.masker.text(view.description))
     out.print(table)
+    for view in views:
+        if view.problems:
+            err.print(f"[red]{view.id}: the target is not the database this step expects; "
+                      "apply would refuse it:[/red]")
+            for problem in view.problems:
+                err.print(f"  {engine.masker.text(problem)}", markup=False)
+    _exit_on_mismatch(views)
+
+
+def _exit_on_mismatch(views: list[StepView]) -> None:
+    if any(view.state == "mismatch" for view in views):
+        raise typer.Exit(2)
 
 
 @app.command()

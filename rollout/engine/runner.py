@@ -52,8 +52,10 @@ class StepView:
     id: str
     kind: str
     description: str
-    state: str  # pending | applied | changed | disabled | always
+    state: str  # pending | applied | changed | disabled | always | mismatch
     on_failure: str
+    problems: list[str] = field(default_factory=list)
+    """For `mismatch`: how the target differs from what the step expects (apply refuses)."""
 
 
 @dataclass
@@ -126,16 +128,23 @@ class Engine:
             finally:
                 journal.close()
         views = []
+        baseline_pending = False  # a later step's expectations wait for the baseline
         for planned in self.plan.steps:
             step = planned.step
-            state = "pending"
+            state, problems = "pending", []
             if not planned.enabled:
                 state = "disabled"
             elif not step.persistent:
                 state = "always"
             elif (found := states.get(step.id)) and found.status == "applied":
                 state = "applied" if found.fingerprint == fingerprint(planned) else "changed"
-            views.append(StepView(step.id, step.kind, step.describe(), state, planned.on_failure))
+            elif step.builds_baseline:
+                baseline_pending = True
+            elif self.target.reachable() and not baseline_pending:
+                problems = step.target_mismatch(self.target.db_url, project_root())
+                state = "mismatch" if problems else state
+            views.append(StepView(step.id, step.kind, step.describe(), state, planned.on_failure,
+                                  problems))
         return views
 
     # ---- apply -------------------------------------------------------------------------------
@@ -167,21 +176,41 @@ class Engine:
                     f"run {interrupted.id[:8]} on {self.plan.environment!r} was interrupted "
                     f"({interrupted.operator}, {interrupted.started_at:%Y-%m-%d %H:%M} UTC)",
                     hint="continue it with `--resume`, or undo it with `rollout rollback`")
-            self._preflight(selected)
+            deferred = self._preflight(selected)
             if options.resume:
                 journal.set_run_status(run_id, "running", finished=False)
             else:
                 journal.start_run(self._run_info(run_id, "apply", operator, host))
-            return self._apply_steps(run_id, selected, operator, options, options.resume, lock)
+            return self._apply_steps(run_id, selected, operator, options, options.resume, lock,
+                                     deferred)
 
-    def _preflight(self, selected: list[PlannedStep]) -> None:
+    def _preflight(self, selected: list[PlannedStep]) -> list[PlannedStep]:
+        """Every step's checks, before anything changes. Steps after a pending baseline step
+        (the local seed of the app's schema) are returned instead: their checks run once the
+        baseline is laid, before the first other step."""
         ctx = self._context("preflight", operator_name(), None, "")
+        states = self._journal().states(self.plan.environment)
+        deferred: list[PlannedStep] = []
         for planned in selected:
-            if planned.enabled:
-                planned.step.preflight(ctx)
+            if not planned.enabled:
+                continue
+            if deferred or (planned.step.builds_baseline and not self._applied(planned, states)):
+                deferred.append(planned)
+                if planned.step.builds_baseline:
+                    planned.step.preflight(ctx)
+                continue
+            planned.step.preflight(ctx)
+        return [p for p in deferred if not p.step.builds_baseline]
+
+    @staticmethod
+    def _applied(planned: PlannedStep, states: dict[str, StepState]) -> bool:
+        state = states.get(planned.step.id)
+        return bool(state and state.status == "applied"
+                    and state.fingerprint == fingerprint(planned))
 
     def _apply_steps(self, run_id: str, selected: list[PlannedStep], operator: str,
-                     options: Options, resumed: bool, lock: EnvironmentLock) -> RunResult:
+                     options: Options, resumed: bool, lock: EnvironmentLock,
+                     deferred: list[PlannedStep] | None = None) -> RunResult:
         journal = self._journal()
         began = time.monotonic()
         self.emit(RunStarted(run_id, "apply", self.plan.name, self.plan.environment,
@@ -207,6 +236,11 @@ class Engine:
                     self._finish(run_id, planned, "apply", "already-applied", 0,
                                  "already applied" if step.persistent else "done before resume")
                     continue
+                if deferred and not step.builds_baseline:
+                    ctx = self._context(run_id, operator, options, step.id)
+                    for waiting in deferred:
+                        waiting.step.preflight(ctx)
+                    deferred = None
                 detail, error = self._run_step(run_id, planned, operator, options)
                 if error is None:
                     applied_here.append((planned, detail))
@@ -233,6 +267,8 @@ class Engine:
                     message = "completed with failures: " + "; ".join(failures)
         except RollbackFailed as err:
             status, exit_code, message = "rollback-failed", 3, str(err)
+        except UsageError as err:  # a check that waited for the baseline refused the run
+            status, exit_code, message = "failed", 2, f"refused: {err}"
         except KeyboardInterrupt:
             status, exit_code, message = "interrupted", 1, "interrupted by the operator"
         finally:

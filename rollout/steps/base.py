@@ -65,6 +65,9 @@ class Step:
     """False for persistent steps that rollback leaves in place (seed data of the old app)."""
     repeat_on_resume: ClassVar[bool] = False
     """True for steps whose effect a crash may have undone (the maintenance window)."""
+    builds_baseline: ClassVar[bool] = False
+    """True for steps that lay down what later steps expect to find (the local seed of the
+    app's schema): checks of the steps after them wait until they have run."""
 
     def __init__(self, step_id: str, params: BaseModel) -> None:
         self.id = step_id
@@ -75,6 +78,10 @@ class Step:
 
     def preflight(self, ctx: StepContext) -> None:
         """Checks that need the target but change nothing; raise UsageError to refuse the run."""
+
+    def target_mismatch(self, db_url: str, root: Path) -> list[str]:
+        """How the target differs from what this step needs to find there (for `plan`)."""
+        return []
 
     def apply(self, ctx: StepContext) -> Detail:
         raise NotImplementedError

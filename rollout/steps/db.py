@@ -13,6 +13,7 @@ from typing import Annotated, ClassVar, Literal
 from pydantic import AfterValidator, Field
 
 from rollout.adapters import database as db
+from rollout.adapters import expectations
 from rollout.errors import StepFailed, TargetError, UsageError
 from rollout.paths import project_root
 from rollout.steps.base import Detail, Params, Step, StepContext, project_file
@@ -138,6 +139,10 @@ class DbMaintenance(Step):
 class MigrateParams(Params):
     file: ProjectFile
     rollback_file: ProjectFile | None = Field(None, description="Undoes `file`; run by rollback.")
+    expect: ProjectFile | None = Field(
+        None, description="What `file` expects of the target (tables, columns, types, "
+                          "constraints, triggers, what must be absent), as data: checked by "
+                          "`rollout plan` and before apply changes anything.")
     lock_timeout: str = "5s"
     statement_timeout: str = "120s"
     lint: Literal["error", "warn", "off"] = Field(
@@ -171,6 +176,21 @@ class DbMigrate(Step):
                 f"{applied.applied_at:%Y-%m-%d %H:%M} UTC "
                 f"(checksum {applied.checksum[:12]} → {checksum[:12]})",
                 hint="restore the applied file, or roll back first, or write a new migration")
+        if not applied:
+            mismatch = self.target_mismatch(ctx.target.db_url, ctx.root)
+            if mismatch:
+                raise UsageError(
+                    f"the target is not the database {self.params.file} was written for "
+                    f"({self.params.expect}):\n  " + "\n  ".join(mismatch),
+                    hint="point the plan at the right database, or write the migration for "
+                         "this one; nothing was changed")
+
+    def target_mismatch(self, db_url: str, root: Path) -> list[str]:
+        """How the target differs from what the migration expects ([] when it matches or the
+        migration states no expectation)."""
+        if not self.params.expect:
+            return []
+        return expectations.differences(db_url, expectations.load(root / self.params.expect))
 
     def apply(self, ctx: StepContext) -> Detail:
         path = ctx.path(self.params.file)
@@ -269,6 +289,7 @@ class DbSeed(Step):
     Params = SeedParams
     targets = ("local",)
     reversible = False  # the old app's schema and data are what a rollback returns to
+    builds_baseline = True
     params: SeedParams
 
     def describe(self) -> str:
