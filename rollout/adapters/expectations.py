@@ -57,7 +57,7 @@ def _differences(conn: psycopg.Connection, expected: Expectations) -> list[str]:
         if conn.execute("select to_regclass(%s)", (table,)).fetchone() == (None,):
             found.append(f"{table}: expected a table, found none")
             continue
-        columns = dict(conn.execute(
+        columns: dict[str, str] = dict(conn.execute(
             "select attname, format_type(atttypid, atttypmod) from pg_attribute "
             "where attrelid = %s::regclass and attnum > 0 and not attisdropped",
             (table,)).fetchall())
@@ -65,7 +65,7 @@ def _differences(conn: psycopg.Connection, expected: Expectations) -> list[str]:
             have = columns.get(column)
             if have != type_:
                 found.append(f"{table}.{column}: expected {type_}, found {have or 'no column'}")
-        constraints = dict(conn.execute(
+        constraints: dict[str, str] = dict(conn.execute(
             "select conname, pg_get_constraintdef(oid) from pg_constraint "
             "where conrelid = %s::regclass", (table,)).fetchall())
         for name, definition in want.constraints.items():

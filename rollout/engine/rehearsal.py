@@ -6,7 +6,8 @@ verify-rollback → reapply → smoke-again. The rollback is proven, not assumed
 the app schemas must equal the snapshot taken before the apply, and every message and report
 that existed before the rollback — including a DM and a report written through the API while
 v2 was live — must still exist (reports stay in production's own `public.reported_messages`;
-the lookup also covers `messaging_v2_archive`, for a release that archives them). The rehearsal is journaled as a run with `command = 'rehearse'`
+the lookup also covers `messaging_v2_archive`, for a release that archives them). The
+rehearsal is journaled as a run with `command = 'rehearse'`
 (one step event per phase) under the plan's checksum, so a sign-off can ask "was this exact
 plan's rollback rehearsed?". Like the runner, it never prints: it emits events and returns a
 report.

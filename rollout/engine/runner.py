@@ -185,22 +185,20 @@ class Engine:
                                      deferred)
 
     def _preflight(self, selected: list[PlannedStep]) -> list[PlannedStep]:
-        """Every step's checks, before anything changes. Steps after a pending baseline step
-        (the local seed of the app's schema) are returned instead: their checks run once the
-        baseline is laid, before the first other step."""
+        """Every step's checks, before anything changes. A step after a pending baseline step
+        (the local seed of the app's schema) cannot check the target yet: it is returned, and
+        its `check_target` runs once the baseline is laid, before the first other step."""
         ctx = self._context("preflight", operator_name(), None, "")
         states = self._journal().states(self.plan.environment)
-        deferred: list[PlannedStep] = []
+        waiting: list[PlannedStep] = []
         for planned in selected:
             if not planned.enabled:
                 continue
-            if deferred or (planned.step.builds_baseline and not self._applied(planned, states)):
-                deferred.append(planned)
-                if planned.step.builds_baseline:
-                    planned.step.preflight(ctx)
-                continue
+            ctx.extra["baseline_pending"] = bool(waiting)
             planned.step.preflight(ctx)
-        return [p for p in deferred if not p.step.builds_baseline]
+            if waiting or (planned.step.builds_baseline and not self._applied(planned, states)):
+                waiting.append(planned)
+        return [p for p in waiting if not p.step.builds_baseline]
 
     @staticmethod
     def _applied(planned: PlannedStep, states: dict[str, StepState]) -> bool:
@@ -237,9 +235,8 @@ class Engine:
                                  "already applied" if step.persistent else "done before resume")
                     continue
                 if deferred and not step.builds_baseline:
-                    ctx = self._context(run_id, operator, options, step.id)
                     for waiting in deferred:
-                        waiting.step.preflight(ctx)
+                        waiting.step.check_target(self.target.db_url, project_root())
                     deferred = None
                 detail, error = self._run_step(run_id, planned, operator, options)
                 if error is None:

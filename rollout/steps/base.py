@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, ValidationInfo
 
 from rollout.adapters.targets import Target
+from rollout.errors import UsageError
 
 Detail = dict[str, Any]
 
@@ -82,6 +83,18 @@ class Step:
     def target_mismatch(self, db_url: str, root: Path) -> list[str]:
         """How the target differs from what this step needs to find there (for `plan`)."""
         return []
+
+    def check_target(self, db_url: str, root: Path) -> None:
+        """Refuse the run (exit 2, nothing changed) when the target is not what this step
+        was written for. The engine calls it before the first change, or — when the plan lays
+        the baseline itself (a local seed) — right after that baseline."""
+        mismatch = self.target_mismatch(db_url, root)
+        if mismatch:
+            raise UsageError(
+                f"step {self.id}: the target is not the database it was written for:\n  "
+                + "\n  ".join(mismatch),
+                hint="point the plan at the right database, or write the migration for this "
+                     "one; nothing was changed")
 
     def apply(self, ctx: StepContext) -> Detail:
         raise NotImplementedError

@@ -176,14 +176,8 @@ class DbMigrate(Step):
                 f"{applied.applied_at:%Y-%m-%d %H:%M} UTC "
                 f"(checksum {applied.checksum[:12]} → {checksum[:12]})",
                 hint="restore the applied file, or roll back first, or write a new migration")
-        if not applied:
-            mismatch = self.target_mismatch(ctx.target.db_url, ctx.root)
-            if mismatch:
-                raise UsageError(
-                    f"the target is not the database {self.params.file} was written for "
-                    f"({self.params.expect}):\n  " + "\n  ".join(mismatch),
-                    hint="point the plan at the right database, or write the migration for "
-                         "this one; nothing was changed")
+        if not applied and not ctx.extra.get("baseline_pending"):
+            self.check_target(ctx.target.db_url, ctx.root)
 
     def target_mismatch(self, db_url: str, root: Path) -> list[str]:
         """How the target differs from what the migration expects ([] when it matches or the
