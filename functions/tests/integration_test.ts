@@ -73,16 +73,27 @@ async function seed(): Promise<void> {
     [W.dealer, "dealer"],
     [W.mvp, "mvp_dealer"],
   ];
+  // Production derives profiles.role from account_type + subscription_status (a trigger).
+  const subscription: Record<string, [string, string]> = {
+    attendee: ["collector", "none"],
+    dealer: ["dealer", "none"],
+    mvp_dealer: ["dealer", "active"],
+    show_organizer: ["organizer", "active"],
+  };
   await s.begin(async (tx) => {
     for (const [user, role] of users) {
+      const [accountType, status] = subscription[role];
       await tx`insert into auth.users (id, email) values (${user}, ${`${user}@it.test`})`;
-      await tx`insert into public.profiles (id, role, display_name)
-               values (${user}, ${role}, ${`it ${role}`})`;
+      await tx`insert into public.profiles (id, email, first_name, account_type,
+                                            subscription_status)
+               values (${user}, ${`${user}@it.test`}, ${`it ${role}`}, ${accountType}, ${status})`;
     }
     for (const [show, organizer] of [[W.show, W.organizer], [W.quotaShow, W.quotaOrganizer]]) {
-      await tx`insert into public.shows (id, title, start_date, end_date, status, organizer_id)
-               values (${show}, 'integration test show', now() + interval '30 days',
-                       now() + interval '32 days', 'upcoming', ${organizer})`;
+      await tx`insert into public.shows (id, title, location, address, start_date, end_date,
+                                         status, organizer_id)
+               values (${show}, 'integration test show', 'Test City', '1 Test St',
+                       now() + interval '30 days', now() + interval '32 days', 'ACTIVE',
+                       ${organizer})`;
       for (const [user, role] of users.slice(3)) {
         await tx`insert into public.show_participants (userid, showid, role, status)
                  values (${user}, ${show}, ${role}, 'registered')`;
@@ -400,8 +411,14 @@ Deno.test({
             select distinct conversation_id from public.conversation_participants
              where user_id = any(${users}::uuid[])`;
           const ids = convs.map((r) => r.conversation_id);
+          // Production's foreign keys: messages have none to conversations, profiles and
+          // reports do not cascade from auth.users. Children first.
+          await tx`delete from public.reported_messages where reported_by = any(${users}::uuid[])`;
+          await tx`delete from public.messages
+                    where conversation_id = any(${ids}::uuid[]) or sender_id = any(${users}::uuid[])`;
           await tx`delete from public.conversations where id = any(${ids}::uuid[])`;
           await tx`delete from public.shows where id = any(${[W.show, W.quotaShow]}::uuid[])`;
+          await tx`delete from public.profiles where id = any(${users}::uuid[])`;
           await tx`delete from auth.users where id = any(${users}::uuid[])`;
         });
       }
