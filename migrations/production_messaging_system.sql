@@ -50,7 +50,8 @@ do $$
 declare
   t text;
 begin
-  foreach t in array array['feature_flags', 'feature_flag_audit', 'moderated_message_texts']
+  foreach t in array array['feature_flags', 'feature_flag_audit', 'moderated_message_texts',
+                           'direct_conversations']
   loop
     if to_regclass('messaging_v2_archive.' || t) is not null
        and to_regclass('public.' || t) is null then
@@ -206,6 +207,35 @@ comment on table public.moderated_message_texts is
   'when and why stay in messages.deleted_by / deleted_at / deletion_reason). Admins only.';
 alter table public.moderated_message_texts enable row level security;
 
+-- One direct conversation per pair of users, found by one primary-key lookup (a DM used to
+-- search the participants of every conversation of the sender). Filled from production's direct
+-- conversations with exactly two participants (the latest per pair); kept by send_direct_message
+-- and, when a participant leaves, by a trigger.
+create table if not exists public.direct_conversations (
+  user_low uuid not null,
+  user_high uuid not null,
+  conversation_id uuid not null references public.conversations (id) on delete cascade,
+  created_at timestamptz not null default now(),
+  constraint direct_conversations_pkey primary key (user_low, user_high),
+  constraint direct_conversations_ordered check (user_low < user_high)
+);
+comment on table public.direct_conversations is
+  'The direct conversation of each pair of users (user_low < user_high). Functions only.';
+alter table public.direct_conversations enable row level security;
+create index if not exists direct_conversations_conversation_id_idx
+  on public.direct_conversations (conversation_id);
+insert into public.direct_conversations (user_low, user_high, conversation_id)
+select distinct on (least(a.user_id, b.user_id), greatest(a.user_id, b.user_id))
+       least(a.user_id, b.user_id), greatest(a.user_id, b.user_id), c.id
+  from public.conversations c
+  join public.conversation_participants a on a.conversation_id = c.id
+  join public.conversation_participants b on b.conversation_id = c.id and b.user_id > a.user_id
+ where c.type = 'direct'
+   and (select count(*) from public.conversation_participants n where n.conversation_id = c.id) = 2
+ order by least(a.user_id, b.user_id), greatest(a.user_id, b.user_id),
+          c.last_message_timestamp desc nulls last, c.created_at desc
+on conflict do nothing;
+
 -- Messages soft-deleted before v2 still carry their text: move it out of reach, as v2 does.
 -- (No index on is_deleted: one sequential read of messages, row locks on the deleted ones only.)
 with moved as (
@@ -309,17 +339,11 @@ comment on function public.is_conversation_participant(uuid) is
   'conversation_participants call it, and a policy querying its own table recurses.';
 
 create or replace function public.normalize_message_text(p_text text)
-returns text
-language plpgsql
-immutable
-set search_path = ''
-as $$
+returns text language plpgsql immutable set search_path = '' as $$
 declare
-  -- Unicode white space (JavaScript's String.prototype.trim set, plus NEL), at either end.
-  v_text text := pg_catalog.regexp_replace(p_text,
-    '^[\u0009-\u000d\u0020\u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff]+'
-    '|[\u0009-\u000d\u0020\u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff]+$',
-    '', 'g');
+  -- Unicode white space (JavaScript's String.prototype.trim set, plus NEL) at either end:
+  -- btrim with a character set, far cheaper than a regular expression on every send.
+  v_text text := pg_catalog.btrim(p_text, E'\t\n\u000b\f\r \u0085\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000\ufeff');
 begin
   if v_text is null or char_length(v_text) = 0 or char_length(v_text) > 1000 then
     raise exception using errcode = 'PT400',
@@ -452,14 +476,15 @@ set search_path = ''
 as $$
 begin
   -- Lock order for every write in a conversation: conversation row, then participant rows,
-  -- then message rows. Taking the conversation row unconditionally serialises concurrent
-  -- senders (the update below may match no row when a newer message already won).
-  perform 1 from public.conversations where id = new.conversation_id for no key update;
+  -- then message rows.
+  -- One statement that always locks and updates the row (so concurrent senders serialise on
+  -- it) and keeps the newest message whatever order they commit in.
   update public.conversations
-     set last_message_text = new.message_text,
-         last_message_timestamp = new.created_at
-   where id = new.conversation_id
-     and (last_message_timestamp is null or last_message_timestamp <= new.created_at);
+     set last_message_text = case when last_message_timestamp is null
+                                    or last_message_timestamp <= new.created_at
+                                  then new.message_text else last_message_text end,
+         last_message_timestamp = greatest(last_message_timestamp, new.created_at)
+   where id = new.conversation_id;
   -- Exactly one unread per message per other participant who has not read it (no cap).
   update public.conversation_participants
      set unread_count = coalesce(unread_count, 0) + 1
@@ -580,12 +605,39 @@ $$;
 comment on function public.feature_flags_audit_write() is
   'Audit row per flag insert/update. Definer: the audit table is closed to every API role.';
 
+create or replace function public.direct_conversations_forget_v2()
+returns trigger
+language plpgsql
+security definer
+set search_path = ''
+as $$
+begin
+  -- A participant left: the pair's next DM starts a new conversation.
+  delete from public.direct_conversations where conversation_id = old.conversation_id;
+  return null;
+end;
+$$;
+comment on function public.direct_conversations_forget_v2() is
+  'Forgets a pair''s conversation when a participant leaves it. Definer: direct_conversations '
+  'is closed to the API roles.';
+
 -- Production's bookkeeping trigger gives way to v2's (both would count every unread twice).
 drop trigger if exists messages_after_insert_trigger on public.messages;
 drop trigger if exists profiles_role_sync_trigger on public.profiles;
 create trigger profiles_role_sync_trigger
   before insert or update on public.profiles
   for each row execute function public.profiles_sync_role_v2();
+-- Production's role_when_added trigger does nothing when the role is given: only fire it when
+-- it is not (a broadcast to 5,000 gives it, and no longer pays 5,000 trigger calls).
+drop trigger if exists set_role_when_added_trigger on public.conversation_participants;
+create trigger set_role_when_added_trigger
+  before insert on public.conversation_participants
+  for each row when (new.role_when_added is null)
+  execute function public.set_role_when_added_trigger();
+drop trigger if exists direct_conversations_forget_v2 on public.conversation_participants;
+create trigger direct_conversations_forget_v2
+  after delete on public.conversation_participants
+  for each row execute function public.direct_conversations_forget_v2();
 drop trigger if exists messages_before_insert_v2 on public.messages;
 create trigger messages_before_insert_v2
   before insert on public.messages
@@ -657,79 +709,75 @@ comment on function public.send_message(uuid, text) is
   'Reply in a conversation (reply rule). Definer: inserts as the caller after its own checks.';
 
 create or replace function public.send_direct_message(
-  p_recipient_id uuid, p_message_text text, p_show_id uuid default null
-)
-returns uuid
-language plpgsql
-volatile
-security definer
-set search_path = ''
-as $$
+  p_recipient_id uuid, p_message_text text, p_show_id uuid default null)
+returns uuid language plpgsql volatile security definer set search_path = '' as $$
 declare
   v_uid uuid := auth.uid();
+  v_text text := public.normalize_message_text(p_message_text);
+  v_sender text;
+  v_recipient text;
   v_conv uuid;
+  v_can_reply boolean;
   v_id uuid;
 begin
-  if public.current_profile_role() is null then
+  -- One round of index lookups: both roles, then the pair's conversation and the caller's
+  -- place in it. The advisory lock is only taken to create a pair's first conversation.
+  select lower(s.role), (select lower(r.role) from public.profiles r where r.id = p_recipient_id)
+    into v_sender, v_recipient
+    from public.profiles s where s.id = v_uid;
+  if v_sender is null then
     raise exception using errcode = 'PT403', message = 'no profile for the current user';
   end if;
   if p_recipient_id is null or p_recipient_id = v_uid then
     raise exception using errcode = 'PT400', message = 'choose another user as recipient';
   end if;
-  if not exists (select 1 from public.profiles where id = p_recipient_id) then
+  if v_recipient is null then
     raise exception using errcode = 'PT404', message = 'recipient not found';
   end if;
   if p_show_id is not null and not exists (select 1 from public.shows where id = p_show_id) then
     raise exception using errcode = 'PT404', message = 'show not found';
   end if;
-
-  -- One direct conversation per pair, even under concurrent first messages.
-  perform pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended(
-    'dm:' || least(v_uid, p_recipient_id)::text || ':' || greatest(v_uid, p_recipient_id)::text,
-    0));
-  select c.id into v_conv
-    from public.conversations c
-   where c.type = 'direct'
-     and exists (select 1 from public.conversation_participants a
-                  where a.conversation_id = c.id and a.user_id = v_uid)
-     and exists (select 1 from public.conversation_participants b
-                  where b.conversation_id = c.id and b.user_id = p_recipient_id)
-     and (select count(*) from public.conversation_participants n
-           where n.conversation_id = c.id) = 2
-   order by (c.show_id is not distinct from p_show_id) desc,
-            c.last_message_timestamp desc nulls last, c.created_at desc
-   limit 1;
-
-  if v_conv is not null then
-    if not public.can_user_reply(v_uid, v_conv) then
-      raise exception using errcode = 'PT403', message = 'you may not reply in this conversation';
+  select d.conversation_id, coalesce(cp.can_reply, true) into v_conv, v_can_reply
+    from public.direct_conversations d
+    join public.conversation_participants cp
+      on cp.conversation_id = d.conversation_id and cp.user_id = v_uid
+   where d.user_low = least(v_uid, p_recipient_id) and d.user_high = greatest(v_uid, p_recipient_id);
+  if v_conv is null then
+    perform pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended(
+      'dm:' || least(v_uid, p_recipient_id)::text || ':' || greatest(v_uid, p_recipient_id)::text, 0));
+    select d.conversation_id into v_conv from public.direct_conversations d
+     where d.user_low = least(v_uid, p_recipient_id) and d.user_high = greatest(v_uid, p_recipient_id);
+    if v_conv is null then
+      if not public.can_user_send_dm(v_uid, p_recipient_id, p_show_id) then
+        raise exception using errcode = 'PT403',
+          message = 'your role may not start a conversation with this user';
+      end if;
+      insert into public.conversations (type, show_id) values ('direct', p_show_id)
+      returning id into v_conv;
+      insert into public.conversation_participants
+        (conversation_id, user_id, can_reply, role_when_added, display_name, photo_url)
+      select v_conv, p.id, true, p.role,
+             coalesce(p.business_name, nullif(concat_ws(' ', p.first_name, p.last_name), '')),
+             p.profile_image_url
+        from public.profiles p where p.id in (v_uid, p_recipient_id);
+      insert into public.direct_conversations (user_low, user_high, conversation_id)
+      values (least(v_uid, p_recipient_id), greatest(v_uid, p_recipient_id), v_conv);
+      v_can_reply := true;
     end if;
-  elsif public.can_user_send_dm(v_uid, p_recipient_id, p_show_id) then
-    perform public.normalize_message_text(p_message_text);
-    insert into public.conversations (type, show_id)
-    values ('direct', p_show_id)
-    returning id into v_conv;
-    insert into public.conversation_participants
-      (conversation_id, user_id, can_reply, role_when_added, display_name, photo_url)
-    select v_conv, p.id, true, p.role,
-           coalesce(p.business_name, nullif(concat_ws(' ', p.first_name, p.last_name), '')),
-           p.profile_image_url
-      from public.profiles p
-     where p.id in (v_uid, p_recipient_id);
-  else
-    raise exception using errcode = 'PT403',
-      message = 'your role may not start a conversation with this user';
   end if;
-
+  if v_sender = 'dealer' or not coalesce(v_can_reply, false) then
+    raise exception using errcode = 'PT403', message = 'you may not reply in this conversation';
+  end if;
   insert into public.messages (conversation_id, sender_id, message_text, read_by_user_ids)
-  values (v_conv, v_uid, public.normalize_message_text(p_message_text), array[v_uid])
+  values (v_conv, v_uid, v_text, array[v_uid])
   returning id into v_id;
   return v_id;
 end;
 $$;
 comment on function public.send_direct_message(uuid, text, uuid) is
-  'DM: reuse the pair''s direct conversation if the caller may reply there, else start one '
-  'if the role matrix allows. Definer: creates conversations and participant rows.';
+  'DM: reuse the pair''s direct conversation (direct_conversations) if the caller may reply '
+  'there, else start one if the role matrix allows. Definer: creates conversations and '
+  'participant rows.';
 
 create or replace function public.send_broadcast(
   p_show_id uuid, p_message_text text, p_recipient_roles text[],
@@ -833,21 +881,28 @@ begin
   insert into public.conversations (type, show_id)
   values ('show', p_show_id)
   returning id into v_conv;
+  -- The message goes in before the recipients, who then join with their one unread: the
+  -- bookkeeping trigger finds only the sender, instead of updating every recipient's row.
   insert into public.conversation_participants
     (conversation_id, user_id, can_reply, role_when_added, display_name, photo_url)
-  select v_conv, p.id, p.id = v_uid, p.role,
+  select v_conv, p.id, true, p.role,
          coalesce(p.business_name, nullif(concat_ws(' ', p.first_name, p.last_name), '')),
          p.profile_image_url
-    from public.profiles p
-   where p.id = v_uid
-      or (p.id in (select sp.userid from public.show_participants sp
-                    where sp.showid = p_show_id and sp.userid <> v_uid)
-          and lower(p.role) = any (v_roles));
+    from public.profiles p where p.id = v_uid;
   insert into public.messages
     (conversation_id, sender_id, message_text, is_broadcast, is_one_way, show_context,
      read_by_user_ids)
   values (v_conv, v_uid, v_text, true, true, p_show_id, array[v_uid])
   returning id into v_msg;
+  insert into public.conversation_participants
+    (conversation_id, user_id, can_reply, role_when_added, display_name, photo_url,
+     unread_count)
+  select v_conv, p.id, false, p.role,
+         coalesce(p.business_name, nullif(concat_ws(' ', p.first_name, p.last_name), '')),
+         p.profile_image_url, 1
+    from public.show_participants sp
+    join public.profiles p on p.id = sp.userid
+   where sp.showid = p_show_id and sp.userid <> v_uid and lower(p.role) = any (v_roles);
 
   return jsonb_build_object('conversation_id', v_conv, 'message_id', v_msg,
                             'recipient_count', v_count, 'quota_remaining', v_remaining);
@@ -1125,7 +1180,8 @@ end
 $$;
 
 revoke all on public.feature_flags, public.feature_flag_audit, public.broadcast_quotas,
-  public.reported_messages, public.moderated_message_texts from anon, authenticated;
+  public.reported_messages, public.moderated_message_texts, public.direct_conversations
+  from anon, authenticated;
 grant select on public.feature_flags, public.reported_messages, public.moderated_message_texts
   to authenticated;
 
@@ -1154,7 +1210,8 @@ revoke execute on function
   public.conversation_participants_before_update_v2(),
   public.conversation_participants_after_update_v2(),
   public.feature_flags_before_write(),
-  public.feature_flags_audit_write()
+  public.feature_flags_audit_write(),
+  public.direct_conversations_forget_v2()
   from public, anon, authenticated;
 grant execute on function
   public.feature_bucket(text, uuid),
@@ -1240,6 +1297,7 @@ drop policy if exists moderated_message_texts_select_admin on public.moderated_m
 create policy moderated_message_texts_select_admin on public.moderated_message_texts
   for select to authenticated using ((select public.is_admin()));
 
--- broadcast_quotas and feature_flag_audit: RLS on, no policy, no grant: functions only.
+-- broadcast_quotas, feature_flag_audit, direct_conversations: RLS on, no policy, no grant:
+-- functions only.
 
 commit;

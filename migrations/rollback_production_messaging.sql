@@ -7,7 +7,7 @@
 --   they are: v2 wrote them into production's own tables and columns;
 -- * production's earlier-shape broadcast_quotas comes back from the archive, with today's v2
 --   usage folded in (remaining = limit - used, for rows v2 changed after converting them);
--- * v2's own tables (per-day quotas, flags and their audit, moderated texts) move to schema
+-- * v2's own tables (per-day quotas, flags and their audit, moderated texts, DM pairs) move to schema
 --   messaging_v2_archive (`alter table ... set schema`: catalog-only, instant), where a
 --   re-apply finds them again.
 -- Soft-deleted messages keep their placeholder text in public.messages; the original text
@@ -96,6 +96,10 @@ create trigger messages_after_insert_trigger after insert on public.messages
 drop trigger if exists profiles_role_sync_trigger on public.profiles;
 create trigger profiles_role_sync_trigger before insert or update on public.profiles
   for each row execute function public.sync_user_role();
+drop trigger if exists set_role_when_added_trigger on public.conversation_participants;
+create trigger set_role_when_added_trigger before insert on public.conversation_participants
+  for each row execute function public.set_role_when_added_trigger();
+drop trigger if exists direct_conversations_forget_v2 on public.conversation_participants;
 
 -- 4. Production's grants: every table privilege to the API roles, no column grants.
 do $$
@@ -180,7 +184,8 @@ do $$
 declare
   t text;
 begin
-  foreach t in array array['feature_flags', 'feature_flag_audit', 'moderated_message_texts']
+  foreach t in array array['feature_flags', 'feature_flag_audit', 'moderated_message_texts',
+                           'direct_conversations']
   loop
     if to_regclass('public.' || t) is not null then
       if to_regclass('messaging_v2_archive.' || t) is not null then
@@ -211,6 +216,7 @@ drop function if exists public.conversation_participants_before_update_v2();
 drop function if exists public.conversation_participants_after_update_v2();
 drop function if exists public.feature_flags_before_write();
 drop function if exists public.feature_flags_audit_write();
+drop function if exists public.direct_conversations_forget_v2();
 drop function if exists public.can_user_send_dm(uuid, uuid, uuid);
 drop function if exists public.can_user_reply(uuid, uuid);
 drop function if exists public.normalize_message_text(text);

@@ -57,8 +57,9 @@ def burst(n: int, call: Callable[[int], Any]) -> list[Any]:
 def new_show(live: Live, organizer: str = OLGA) -> str:
     """A fresh upcoming show of `organizer` (so a fresh quota) with the demo users registered."""
     show = str(live.one(
-        "insert into public.shows (title, start_date, end_date, organizer_id) values "
-        "('Burst show', now() + interval '10 days', now() + interval '11 days', %s) "
+        "insert into public.shows (title, location, address, start_date, end_date, "
+        "organizer_id) values ('Burst show', 'Burst City', '1 Burst St', "
+        "now() + interval '10 days', now() + interval '11 days', %s) "
         "returning id", (organizer,)))
     for user in (ALICE, ARTHUR, DANA, MAX):
         live.sql("insert into public.show_participants (userid, showid, role) "
@@ -91,7 +92,7 @@ def test_50_concurrent_broadcasts_against_a_quota_of_2(live: Live) -> None:
                     "and show_id = %s", (OLGA, show)) == 2
     assert live.one("select count(*) from public.messages where is_broadcast") == before + 2
     assert live.one("select count(*) from public.conversations where show_id = %s "
-                    "and type = 'broadcast'", (show,)) == 2
+                    "and type = 'show'", (show,)) == 2
 
 
 def true_unread(live: Live, user: str, conversation: str) -> int:

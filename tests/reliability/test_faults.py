@@ -106,7 +106,7 @@ def test_sigkill_then_resume_ends_like_an_uninterrupted_run(
     if point == "during:migrate":
         # The server notices the dead client and aborts: nothing of the migration remains.
         wait_for(lambda: sleeping_migrations(cli) == 0, what="migration aborted")
-        assert cli.one("select to_regclass('public.broadcast_quotas')") is None
+        assert cli.one("select to_regclass('public.feature_flags')") is None
         assert cli.one("select count(*) from rollout.migrations") == 0
         assert maintenance_on(cli)  # a SIGKILL cannot clean up; --resume must
     assert cli.one("select status from rollout.runs") == "running"
@@ -117,7 +117,7 @@ def test_sigkill_then_resume_ends_like_an_uninterrupted_run(
     if point.startswith("succeeded:"):
         back = cli.run("rollback", PLAN)
         assert back.returncode == 0, back.stderr
-        assert cli.one("select to_regclass('public.broadcast_quotas')") is None
+        assert cli.one("select to_regclass('public.feature_flags')") is None
         assert cli.stack.deployed() == {}
 
 
@@ -169,7 +169,7 @@ def test_database_restart_mid_step(cli: Cli, baseline: dict[str, Any], step: str
     back = cli.run("rollback", PLAN)
     assert back.returncode == 0, back.stdout + back.stderr
     assert not maintenance_on(cli)
-    assert cli.one("select to_regclass('public.broadcast_quotas')") is None
+    assert cli.one("select to_regclass('public.feature_flags')") is None
 
 
 # ---- the edge runtime killed mid-deploy ------------------------------------------------------
@@ -196,7 +196,7 @@ def test_edge_runtime_killed_mid_deploy(cli: Cli, baseline: dict[str, Any], vict
     back = cli.run("rollback", PLAN)
     assert back.returncode == 0, back.stdout + back.stderr
     assert cli.stack.deployed() == {}, "rollback left functions of the failed deploy running"
-    assert cli.one("select to_regclass('public.broadcast_quotas')") is None
+    assert cli.one("select to_regclass('public.feature_flags')") is None
     # …and a fresh apply ends like an uninterrupted run.
     again = cli.run("apply", PLAN)
     assert again.returncode == 0, again.stdout + again.stderr

@@ -132,7 +132,9 @@ def run_action(world: World, a: dict[str, Any]) -> None:
                                            p_recipient_roles=a["roles"], p_is_pre_show=a["pre"]))
         if ok:
             world.created[str(res["message_id"])] = actor
-            pre = a["pre"] if a["pre"] is not None else a["show"] == SPRING_SHOW
+            # The phase is the show's (Spring is upcoming, Winter over), whatever was declared.
+            pre = a["show"] == SPRING_SHOW
+            assert a["pre"] in (None, pre), "a broadcast went through in a declared wrong phase"
             world.broadcasts.append((actor, a["show"], pre))
     elif kind == "report":
         attempt(lambda: api.rpc1("report_message", p_message_id=msg, p_reason="spam"))
@@ -180,15 +182,19 @@ def refresh(world: World) -> None:
 
 def check_invariants(world: World, initial_messages: set[str]) -> None:
     db = world.db
-    # Roles never change; conversations only come from the functions (they set created_by).
+    # Roles never change; a broadcast ('show' conversation) only comes from the functions:
+    # whoever broadcast in it is its participant allowed to write.
     assert dict(db.q("select id::text, role from public.profiles")) == ROLE
-    assert db.val("select count(*) from public.conversations c where c.created_by is not null "
+    assert db.val("select count(*) from public.messages m where m.is_broadcast "
                   "and not exists (select from public.conversation_participants p "
-                  "where p.conversation_id = c.id and p.user_id = c.created_by)") == 0
+                  "where p.conversation_id = m.conversation_id and p.user_id = m.sender_id "
+                  "and p.can_reply)") == 0
 
     # Every new message was sent by the caller, who was allowed to send it there.
     new = {str(r[0]): r for r in db.q(
-        "select m.id, m.sender_id::text, c.type, c.created_by::text, c.show_id::text, "
+        "select m.id, m.sender_id::text, c.type, (select b.sender_id::text from "
+        "public.messages b where b.conversation_id = c.id and b.is_broadcast order by "
+        "b.created_at, b.id limit 1), c.show_id::text, "
         "p.can_reply from public.messages m join public.conversations c on c.id = "
         "m.conversation_id left join public.conversation_participants p on p.conversation_id "
         "= m.conversation_id and p.user_id = m.sender_id") if str(r[0]) not in initial_messages}
@@ -197,7 +203,7 @@ def check_invariants(world: World, initial_messages: set[str]) -> None:
         assert world.created[mid] == sender, f"message {mid} sent as someone else"
         assert can_reply is not None, f"{sender} wrote in a conversation they are not in"
         assert ROLE[sender] != "dealer", "a dealer sent a message (they never start or reply)"
-        if ctype == "broadcast":
+        if ctype == "show":
             assert sender == creator, "a broadcast recipient replied"
             assert (ROLE[sender], sender) in (("show_organizer", OLGA), ("mvp_dealer", MAX))
         else:

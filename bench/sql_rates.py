@@ -1,0 +1,144 @@
+"""DM send rate against the physical limit of its call shape (pgbench, alternated in one run).
+
+Four pgbench scripts, 8 clients, run in turn `rounds` times on the same server:
+
+- raw: one single-statement insert into `bench_messages`, a table shaped like `messages`
+  (same columns, defaults and indexes; no trigger, foreign key or RLS);
+- ceiling: PostgREST's transaction shape (`begin; set local role authenticated;
+  set_config('request.jwt.claims', …, true); select fn(…); commit`) around a function that only
+  inserts one row into `bench_messages` — the most any RPC of that shape can do;
+- dm: the same shape around `send_direct_message`, attendee → MVP dealer pairs whose direct
+  conversation already exists (steady state);
+- first: the same shape, pairs that have no conversation yet (each used once: first messages).
+
+Reported: the median rate of each (with min and max) and dm ÷ ceiling, first ÷ ceiling.
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+
+SETUP = """
+drop table if exists public.bench_pairs, public.bench_first_pairs, public.bench_messages;
+drop sequence if exists public.bench_first_seq;
+create table public.bench_pairs as
+select row_number() over (order by d.conversation_id) as i, a.id as sender, m.id as recipient,
+       json_build_object('sub', a.id, 'role', 'authenticated')::text as claims
+  from public.direct_conversations d
+  join public.profiles a on a.id in (d.user_low, d.user_high) and a.role = 'attendee'
+  join public.profiles m on m.id in (d.user_low, d.user_high) and m.role = 'mvp_dealer';
+alter table public.bench_pairs add primary key (i);
+create table public.bench_first_pairs as
+select row_number() over () as i, sender, recipient,
+       json_build_object('sub', sender, 'role', 'authenticated')::text as claims
+  from (select distinct a.id as sender, m.id as recipient
+          from (select id, row_number() over (order by id) as n from public.profiles
+                 where role = 'attendee') a
+          cross join generate_series(0, 5) k
+          join (select id, row_number() over (order by id) as n, count(*) over () as total
+                  from public.profiles where role = 'mvp_dealer') m
+            on m.n = 1 + (a.n * 7 + k * 131) % m.total
+         where not exists (select 1 from public.direct_conversations d
+                            where d.user_low = least(a.id, m.id)
+                              and d.user_high = greatest(a.id, m.id))) fresh;
+alter table public.bench_first_pairs add primary key (i);
+create sequence public.bench_first_seq;
+create table public.bench_messages (like public.messages including defaults);
+alter table public.bench_messages add primary key (id);
+create index on public.bench_messages (conversation_id);
+create index on public.bench_messages (created_at);
+create index on public.bench_messages (sender_id);
+create or replace function public.bench_insert_one(p_recipient_id uuid, p_message_text text)
+returns uuid language sql volatile security definer set search_path = '' as $$
+  insert into public.bench_messages (conversation_id, sender_id, message_text)
+  values (p_recipient_id, (select auth.uid()), p_message_text) returning id
+$$;
+grant select on public.bench_pairs, public.bench_first_pairs to authenticated;
+grant usage on sequence public.bench_first_seq to authenticated;
+grant execute on function public.bench_insert_one(uuid, text) to authenticated;
+analyze;
+"""
+
+TEARDOWN = """
+drop function if exists public.bench_insert_one(uuid, text);
+drop table if exists public.bench_pairs, public.bench_first_pairs, public.bench_messages;
+drop sequence if exists public.bench_first_seq;
+"""
+
+_SHAPE = """begin;
+set local role authenticated;
+select set_config('request.jwt.claims', (select claims from public.{table} where i = {i}), true);
+select public.{fn}((select recipient from public.{table} where i = {i}), 'hello there');
+commit;
+"""
+SCRIPTS = {
+    "raw": "insert into public.bench_messages (conversation_id, sender_id, message_text) "
+           "values (gen_random_uuid(), gen_random_uuid(), 'hello there');\n",
+    "ceiling": "\\set i random(1, :pairs)\n" + _SHAPE.format(
+        table="bench_pairs", i=":i", fn="bench_insert_one"),
+    "dm": "\\set i random(1, :pairs)\n" + _SHAPE.format(
+        table="bench_pairs", i=":i", fn="send_direct_message"),
+    # One fresh pair per transaction: the sequence is read once, inside the claims lookup.
+    "first": """begin;
+set local role authenticated;
+select set_config('request.jwt.claims', claims, true), set_config('bench.to', recipient::text, true)
+  from (select nextval('public.bench_first_seq') as n) s
+  join public.bench_first_pairs p on p.i = s.n;
+select public.send_direct_message(current_setting('bench.to')::uuid, 'hello there');
+commit;
+""",
+}
+
+
+def pgbench(binary: Path, url: str, script: Path, seconds: int, clients: int,
+            variables: dict[str, int]) -> float:
+    """Transactions per second of one pgbench run (failed transactions fail the bench)."""
+    info = conninfo_to_dict(url)
+    argv = [str(binary), "-n", "-c", str(clients), "-j", str(min(clients, 4)), "-T", str(seconds),
+            "-h", str(info.get("host", "127.0.0.1")), "-p", str(info.get("port", 5432)),
+            "-U", str(info.get("user", "postgres")), "-f", str(script),
+            *[f"-D{k}={v}" for k, v in variables.items()], str(info.get("dbname", "postgres"))]
+    done = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=seconds + 60)
+    if done.returncode != 0:
+        raise RuntimeError(f"pgbench {script.name} failed: {done.stderr[-1500:]}")
+    match = re.search(r"tps = ([0-9.]+)", done.stdout)
+    failed = re.search(r"number of failed transactions: (\d+)", done.stdout)
+    if not match or (failed and int(failed.group(1)) > 0):
+        raise RuntimeError(f"pgbench {script.name}: {done.stdout[-1500:]}")
+    return float(match.group(1))
+
+
+def dm_rates(url: str, binary: Path, *, rounds: int = 3, seconds: int = 5,
+             clients: int = 8) -> dict[str, Any]:
+    """Median rates of raw / ceiling / dm / first, alternated, and the ratios."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(SETUP)
+        pairs = conn.execute("select count(*) from public.bench_pairs").fetchone()[0]
+    rates: dict[str, list[float]] = {name: [] for name in SCRIPTS}
+    with tempfile.TemporaryDirectory(prefix="rollout-pgbench-") as tmp:
+        files = {}
+        for name, text in SCRIPTS.items():
+            files[name] = Path(tmp) / f"{name}.sql"
+            files[name].write_text(text)
+        try:
+            for _ in range(rounds):
+                for name in SCRIPTS:
+                    rates[name].append(pgbench(binary, url, files[name], seconds, clients,
+                                               {"pairs": pairs}))
+        finally:
+            with psycopg.connect(url, autocommit=True) as conn:
+                conn.execute(TEARDOWN)
+    medians = {name: statistics.median(values) for name, values in rates.items()}
+    return {"clients": clients, "seconds": seconds, "rounds": rounds, "pairs": pairs,
+            "rates": rates, "median": medians,
+            "dm_over_ceiling": medians["dm"] / medians["ceiling"],
+            "first_over_ceiling": medians["first"] / medians["ceiling"],
+            "ceiling_over_raw": medians["ceiling"] / medians["raw"]}
