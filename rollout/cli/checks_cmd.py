@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -11,7 +12,12 @@ import typer
 from rich.table import Table
 
 from rollout.cli.app import app, out
-from rollout.cli.release import _confirm_production, _sigterm_as_interrupt
+from rollout.cli.release import (
+    REPORT_OPT,
+    _confirm_production,
+    _sigterm_as_interrupt,
+    write_report,
+)
 from rollout.cli.render import HumanRenderer
 from rollout.paths import state_dir
 
@@ -22,7 +28,6 @@ if TYPE_CHECKING:
     from rollout.engine.rehearsal import (
         RehearsalEvent,
         RehearsalReport,
-        RehearsalSink,
     )
 
 PLAN_ARG = typer.Argument(..., help="A plan file, e.g. plans/local.yaml.", show_default=False)
@@ -203,7 +208,7 @@ def _summary(report: RehearsalReport) -> None:
 @app.command()
 def rehearse(
     plan: str = PLAN_ARG,
-    report_file: str = typer.Option(None, "--report", help="Write the JSON report here."),
+    report_file: str = REPORT_OPT,
     junit: str = typer.Option(None, "--junit", help="Write the phases as JUnit XML here."),
     keep: bool = typer.Option(False, "--keep", help="Keep the smoke demo data at the end."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
@@ -218,18 +223,26 @@ def rehearse(
     from rollout.engine.plan import load_plan
     from rollout.engine.rehearsal import Rehearsal
     from rollout.engine.targets import build_target
+    from rollout.reports.release import Recorder, build
 
     loaded: Plan = load_plan(Path(plan))
     _confirm_production(loaded, yes, "rehearse (apply, roll back and apply again)")
     _sigterm_as_interrupt()
-    sink: RehearsalSink = _quiet if json_output else RehearsalRenderer()
-    rehearsal = Rehearsal(loaded, build_target(loaded), sink, keep=keep)
+    recorder = Recorder(_quiet if json_output else RehearsalRenderer())
+    target = build_target(loaded)
+    rehearsal = Rehearsal(loaded, target, recorder, keep=keep)
     report = rehearsal.run()
     document = json.dumps(rehearsal.masker.data(report.to_dict()), indent=2, default=str)
-    _write(report_file, document + "\n")
+    release = build(loaded, target, recorder, rehearsal.masker, command="rehearse",
+                    status="succeeded" if report.passed else "failed",
+                    exit_code=report.exit_code, message="; ".join(report.problems()[:3]),
+                    phases=[asdict(p) for p in report.phases])
+    html_path = write_report(release, report_file, Path(report.artifacts), rehearsal.masker,
+                             document + "\n")
     _write(junit, rehearsal.masker.text(report.to_junit_xml()))
     if json_output:
         print(document)
     else:
         _summary(report)
+        out.print(f"release report: {html_path}", soft_wrap=True)
     raise typer.Exit(report.exit_code)

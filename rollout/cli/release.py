@@ -19,9 +19,11 @@ from rollout.paths import project_root
 
 if TYPE_CHECKING:
     from rollout.cli.render import JsonRenderer
+    from rollout.engine.events import Masker
     from rollout.engine.journal import Journal
     from rollout.engine.plan import Plan
     from rollout.engine.runner import Engine
+    from rollout.reports.release import Recorder, ReleaseReport
 
 # The engine, its steps and adapters (psycopg, httpx, pydantic, jwt) are imported inside the
 # commands: `rollout --help` and shell completion must not pay for them.
@@ -31,6 +33,10 @@ PLAN_OR_ENV = typer.Argument(..., show_default=False,
                              help="A plan file, or an environment name from plans/*.yaml.")
 JSON_OPT = typer.Option(False, "--json", help="Print one JSON document on stdout instead.")
 YES_OPT = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation.")
+REPORT_OPT = typer.Option(
+    None, "--report", metavar="FILE",
+    help="Write the HTML release report here (FILE.html; its JSON beside it). "
+         "Default: the run's artifacts, .rollout/runs/RUN/report.html.")
 
 STATE_STYLE = {"pending": "[yellow]pending[/yellow]", "applied": "[cyan]applied[/cyan]",
                "changed": "[magenta]changed[/magenta]", "disabled": "[dim]disabled[/dim]",
@@ -61,14 +67,19 @@ def _resolve(plan_or_env: str) -> Plan:
     return matches[0]
 
 
-def _engine(plan: Plan, json_output: bool) -> tuple[Engine, JsonRenderer | None]:
+def _engine(plan: Plan, json_output: bool,
+            recorder: Recorder | None = None) -> tuple[Engine, JsonRenderer | None]:
     from rollout.cli.render import HumanRenderer, JsonRenderer
+    from rollout.engine.events import Sink
     from rollout.engine.notifications import Notifier, compose
     from rollout.engine.runner import Engine
     from rollout.engine.targets import build_target
 
     renderer = JsonRenderer() if json_output else None
-    sink = renderer if renderer is not None else HumanRenderer(out)
+    sink: Sink = renderer if renderer is not None else HumanRenderer(out)
+    if recorder is not None:
+        recorder.sink = sink
+        sink = recorder
     # Run notifications (Slack, PagerDuty) after the renderer; their failures come back as
     # notices through the engine's emit, masked like every other event.
     notifier = Notifier(plan.model.notifications)
@@ -154,6 +165,7 @@ def apply(
     from_step: str = typer.Option(None, "--from", help="Start at this step id."),
     to_step: str = typer.Option(None, "--to", help="Stop after this step id."),
     resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run."),
+    report_file: str = REPORT_OPT,
     json_output: bool = JSON_OPT,
 ) -> None:
     """Run PLAN: backup, maintenance window, migration, functions, cron, flags, checks.
@@ -161,22 +173,45 @@ def apply(
     Steps already applied are skipped, so running it again is safe. On a failure the plan's
     `on_failure` decides: stop (default), rollback, or continue. Exit codes: 0 done, 1 a step
     failed (stopped or rolled back cleanly), 2 invalid plan or usage, 3 rollback failed.
+    Every run writes an HTML release report (timeline, load test, smoke, §8 checklist).
     """
     from rollout.engine.runner import Options
+    from rollout.paths import state_dir
+    from rollout.reports.release import Recorder, build
 
     loaded = _load(plan)
     if dry_run:
         plan_command(plan, json_output)
         return
     _confirm_production(loaded, yes, "apply")
-    engine, renderer = _engine(loaded, json_output)
+    recorder = Recorder()
+    engine, renderer = _engine(loaded, json_output, recorder)
     _sigterm_as_interrupt()
     approver = None if json_output or not sys.stdin.isatty() else _interactive_approver(engine)
     result = engine.apply(Options(from_step=from_step, to_step=to_step, resume=resume,
                                   approver=approver))  # type: ignore[arg-type]
+    report = build(loaded, engine.target, recorder, engine.masker, command="apply",
+                   status=result.status, exit_code=result.exit_code, message=result.message)
+    path = write_report(report, report_file, state_dir() / "runs" / result.run_id,
+                        engine.masker)
     if renderer is not None:
+        renderer.run["report"] = str(path)
         print(renderer.document())
+    else:
+        out.print(f"release report: {path}", soft_wrap=True)
     raise typer.Exit(result.exit_code)
+
+
+def write_report(report: ReleaseReport, requested: str | None, default_dir: Path,
+                 masker: Masker, json_document: str | None = None) -> Path:
+    """The HTML release report and its JSON beside it (`json_document`, else the report's)."""
+    from rollout.reports.html import report_paths, write
+
+    html_path, json_path = report_paths(requested, default_dir)
+    write(report, html_path, masker, json_path if json_document is None else None)
+    if json_document is not None:
+        json_path.write_text(json_document)
+    return html_path
 
 
 @app.command()
