@@ -77,6 +77,23 @@ def env() -> None:
         print(f"export {name}={shlex.quote(value)}")
 
 
+def print_still_running() -> None:
+    """The end of a local `apply`: the stack stays up; where it is, its logs, how to stop it."""
+    from pathlib import Path
+
+    stack = _stack()
+    logs = stack.dir / "*.log"
+    if logs.is_relative_to(Path.cwd()):
+        logs = logs.relative_to(Path.cwd())
+    out.print("[bold]the local stack is still running[/bold] (data kept under "
+              f"{stack.dir}):", soft_wrap=True)
+    for row in stack.status():
+        if row.url:
+            out.print(f"  {row.name}: {row.url}", soft_wrap=True, markup=False)
+    out.print(f"  logs: {logs}", soft_wrap=True, markup=False)
+    out.print("  stop it: [bold]rollout local down[/bold]")
+
+
 def _print_status(stack: LocalStack, rows: list[Any] | None = None) -> None:
     table = Table("component", "pid", "port", "url", "health", "detail")
     for row in rows if rows is not None else stack.status():

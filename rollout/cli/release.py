@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import signal
 import sys
 import threading
@@ -14,6 +15,7 @@ import typer
 from rich.table import Table
 
 from rollout.cli.app import app, err, out
+from rollout.cli.render import wrap_whole
 from rollout.errors import UsageError
 from rollout.paths import project_root
 
@@ -38,6 +40,7 @@ REPORT_OPT = typer.Option(
     help="Write the HTML release report here (FILE.html; its JSON beside it). "
          "Default: the run's artifacts, .rollout/runs/RUN/report.html.")
 
+WIDE = 120  # below this many columns, tables of long text are printed as stacked blocks
 STATE_STYLE = {"pending": "[yellow]pending[/yellow]", "applied": "[cyan]applied[/cyan]",
                "changed": "[magenta]changed[/magenta]", "disabled": "[dim]disabled[/dim]",
                "always": "[blue]runs each time[/blue]"}
@@ -76,7 +79,7 @@ def _engine(plan: Plan, json_output: bool,
     from rollout.engine.targets import build_target
 
     renderer = JsonRenderer() if json_output else None
-    sink: Sink = renderer if renderer is not None else HumanRenderer(out)
+    sink: Sink = renderer if renderer is not None else HumanRenderer(out, str(plan.path))
     if recorder is not None:
         recorder.sink = sink
         sink = recorder
@@ -149,12 +152,22 @@ def plan_command(
                           "checksum": loaded.checksum,
                           "steps": [view.__dict__ for view in views]}, indent=2))
         return
-    table = Table("#", "step", "kind", "state", "on failure", "what it does",
-                  title=f"{loaded.name} → {loaded.environment} ({loaded.model.target.kind})")
+    title = f"{loaded.name} → {loaded.environment} ({loaded.model.target.kind})"
+    if out.width >= WIDE:
+        table = Table("#", "step", "kind", "state", "on failure", "what it does", title=title)
+        for i, view in enumerate(views, 1):
+            table.add_row(str(i), view.id, view.kind, STATE_STYLE.get(view.state, view.state),
+                          view.on_failure, engine.masker.text(view.description))
+        out.print(table)
+        return
+    # Narrow terminals (CI logs, ssh at 80 columns): one stacked block per step.
+    out.print(f"[bold]{title}[/bold]", soft_wrap=True)
     for i, view in enumerate(views, 1):
-        table.add_row(str(i), view.id, view.kind, STATE_STYLE.get(view.state, view.state),
-                      view.on_failure, engine.masker.text(view.description))
-    out.print(table)
+        out.print(f"{i:>2}. [bold]{view.id}[/bold] · {view.kind} · "
+                  f"{STATE_STYLE.get(view.state, view.state)} · on failure: {view.on_failure}",
+                  soft_wrap=True)
+        out.print(wrap_whole(engine.masker.text(view.description), out.width, "    "),
+                  soft_wrap=True, markup=False)
 
 
 @app.command()
@@ -199,6 +212,10 @@ def apply(
         print(renderer.document())
     else:
         out.print(f"release report: {path}", soft_wrap=True)
+        if loaded.model.target.kind == "local":
+            from rollout.cli.local import print_still_running
+
+            print_still_running()
     raise typer.Exit(result.exit_code)
 
 
@@ -329,7 +346,8 @@ def unlock(
     out.print(f"held by run {str(holder['run_id'])[:8]} ({holder['operator']}@{holder['host']}, "
               f"backend pid {holder['pid']}) since {holder['since']}")
     if not force:
-        err.print("[red]pass --force to end that session and free the lock[/red]")
+        err.print(f"[red]to end that session and free the lock: "
+                  f"{shlex.join(['rollout', 'unlock', plan, '--force'])}[/red]", soft_wrap=True)
         raise typer.Exit(2)
     journal.force_unlock(loaded.environment)
     out.print(f"[green]{loaded.environment} unlocked[/green]")

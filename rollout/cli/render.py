@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
+import shlex
+import textwrap
 from dataclasses import asdict
 from typing import Any
 
@@ -28,22 +31,38 @@ STATUS_STYLE = {
 }
 
 
+NBSP = "\u00a0"
+
+
+def wrap_whole(text: str, width: int, indent: str = "") -> str:
+    """`text` wrapped at spaces to `width`, never inside a word: a path, URL or hash longer
+    than the line stays whole on a line of its own (copyable), instead of being folded."""
+    # A quoted value ('0 2 * * *') is one word: its spaces become no-break spaces meanwhile.
+    glued = re.sub(r"'[^']*'", lambda m: m[0].replace(" ", NBSP), text)
+    lines = textwrap.wrap(glued, width, initial_indent=indent, subsequent_indent=indent,
+                          break_long_words=False, break_on_hyphens=False)
+    return "\n".join(lines).replace(NBSP, " ") or indent
+
+
 class HumanRenderer:
     """A line per finished step, a spinner with live progress for the running one, a table."""
 
-    def __init__(self, console: Console) -> None:
+    def __init__(self, console: Console, plan_path: str | None = None) -> None:
         self.console = console
+        self.plan_path = plan_path
         self.status: Status | None = None
         self.finished: list[StepFinished] = []
+        self.running: str | None = None  # the step started and not finished yet
 
     def __call__(self, event: Event) -> None:
         if isinstance(event, RunStarted):
             verb = "resuming" if event.resumed else event.command
             self.console.print(f"[bold]{verb}[/bold] {event.plan} → {event.environment} "
-                               f"({event.target}), run {event.run_id[:8]}, "
-                               f"{len(event.steps)} step(s)")
+                               f"({event.target}), run {event.run_id}, "
+                               f"{len(event.steps)} step(s)", soft_wrap=True)
         elif isinstance(event, StepStarted):
             self._stop_spinner()
+            self.running = event.step_id
             label = f"{event.step_id} [dim]{event.description}[/dim]"
             self.status = self.console.status(label)
             self.status.start()
@@ -52,6 +71,7 @@ class HumanRenderer:
             self.status.update(f"{event.step_id}{pct} [dim]{event.message}[/dim]")
         elif isinstance(event, StepFinished):
             self._stop_spinner()
+            self.running = None
             self.finished.append(event)
             mark = STATUS_STYLE.get(event.status, event.status)
             verb = "undo " if event.action == "rollback" else ""
@@ -72,16 +92,47 @@ class HumanRenderer:
             self.status = None
 
     def _summary(self, event: RunFinished) -> None:
-        table = Table("step", "action", "result", "seconds", title=f"run {event.run_id[:8]}")
-        for row in self.finished:
-            table.add_row(row.step_id, row.action, STATUS_STYLE.get(row.status, row.status),
-                          f"{row.seconds:.1f}")
         if self.finished:
-            self.console.print(table)
+            self.console.print(self._steps_table(event.run_id))
         color = "green" if event.exit_code == 0 else "red"
         message = f": {event.message}" if event.message else ""
         self.console.print(f"[{color}]{event.command} {event.status}[/{color}] in "
                            f"{event.seconds:.1f}s{message}", soft_wrap=True)
+        for label, command in self._next_commands(event):
+            self.console.print(f"  {label}: [bold]{command}[/bold]", soft_wrap=True)
+
+    def _steps_table(self, run_id: str) -> Table:
+        """One row per step; at narrow widths (80 columns) the same facts, stacked."""
+        if self.console.width >= 60:
+            table = Table("step", "action", "result", "seconds", title=f"run {run_id}")
+            for row in self.finished:
+                table.add_row(row.step_id, row.action, STATUS_STYLE.get(row.status, row.status),
+                              f"{row.seconds:.1f}")
+            return table
+        table = Table("step", title=f"run {run_id}", show_header=False)
+        for row in self.finished:
+            table.add_row(f"{row.step_id}\n  {row.action} "
+                          f"{STATUS_STYLE.get(row.status, row.status)} {row.seconds:.1f}s")
+        return table
+
+    def _next_commands(self, event: RunFinished) -> list[tuple[str, str]]:
+        """What to run next, as printed: an interrupted or failed run says how to go on."""
+        if self.plan_path is None or event.exit_code == 0:
+            return []
+        plan = self.plan_path
+
+        def command(*args: str) -> str:
+            return shlex.join(["rollout", *args])
+
+        lines = []
+        if event.status == "interrupted" and event.command == "apply":
+            if self.running:
+                lines.append(("interrupted during step", self.running))
+            lines.append(("resume", command("apply", plan, "--resume")))
+        if event.command == "apply" or event.status in ("rollback-failed", "interrupted"):
+            lines.append(("roll back", command("rollback", plan)))
+        lines.append(("where it stands", command("status", plan)))
+        return lines
 
 
 class JsonRenderer:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import getpass
 import hashlib
 import os
+import shlex
 import socket
 import subprocess
 import time
@@ -43,6 +44,7 @@ from rollout.steps import StepContext
 
 APPROVAL_POLL_SECONDS = 1.0
 UNDOABLE = ("applied", "partial")  # step states `rollback` undoes
+SUMMARY_LIMIT = 400  # a step's one-line summary: room for a backup's path and its sha256
 
 
 @dataclass
@@ -166,7 +168,8 @@ class Engine:
                 raise UsageError(
                     f"run {interrupted.id[:8]} on {self.plan.environment!r} was interrupted "
                     f"({interrupted.operator}, {interrupted.started_at:%Y-%m-%d %H:%M} UTC)",
-                    hint="continue it with `--resume`, or undo it with `rollout rollback`")
+                    hint=f"continue it with `{self._command('apply', '--resume')}`, or undo it "
+                         f"with `{self._command('rollback')}`")
             self._preflight(selected)
             if options.resume:
                 journal.set_run_status(run_id, "running", finished=False)
@@ -355,8 +358,9 @@ class Engine:
                 self.emit(StepFinished(step.id, step.kind, "rollback", "failed", seconds,
                                        error=error))
                 raise RollbackFailed(f"rollback of step {step.id} failed: {error}",
-                                     hint="the journal (`rollout status`) shows what was undone; "
-                                          "fix the cause and run `rollout rollback` again") from err
+                                     hint=f"`{self._command('status')}` shows what was undone; "
+                                          f"fix the cause and run `{self._command('rollback')}` "
+                                          "again") from err
             seconds = time.monotonic() - began
             journal.step_succeeded(run_id, self.plan.environment, step.id, step.kind, "rollback",
                                    seconds, detail, ("rolled-back", fingerprint(planned)))
@@ -371,6 +375,10 @@ class Engine:
 
     def approve(self, run_id: str, step_id: str, approver: str) -> None:
         self._journal().approve(run_id, step_id, approver)
+
+    def _command(self, verb: str, *args: str) -> str:
+        """A command for the operator to run, as printed: this plan's file, quoted for a shell."""
+        return shlex.join(["rollout", verb, str(self.plan.path), *args])
 
     def _journal(self) -> Journal:
         assert self.journal is not None, "the journal is opened by apply/rollback"
@@ -413,7 +421,7 @@ class Engine:
                            approver: Callable[[str, str, str, float], None] | None) -> str:
         journal = self._journal()
         self.emit(Notice(f"step {step_id} waits for approval: {message} — approve with "
-                         f"`rollout approve {run_id[:8]} {step_id}`", "warning"))
+                         f"`{self._command('approve', run_id, step_id)}`", "warning"))
         if approver is not None:
             approver(run_id, step_id, message, timeout)
         deadline = time.monotonic() + timeout
@@ -461,7 +469,8 @@ def fingerprint(planned: PlannedStep) -> str:
 
 
 def summarize(detail: dict[str, Any]) -> str:
-    """One short line of a step's detail for tables (long lists are counted, not listed)."""
+    """One line of a step's detail (long lists are counted, not listed); values are never cut:
+    parts beyond SUMMARY_LIMIT are left off with a visible `…(+N)` (the detail has them)."""
     parts = []
     for key, value in detail.items():
         if isinstance(value, list | dict):
@@ -471,4 +480,10 @@ def summarize(detail: dict[str, Any]) -> str:
                 parts.append(f"{key}={len(value)}")
         else:
             parts.append(f"{key}={value}")
-    return " ".join(parts)[:160]
+    # Whole values only: what does not fit is left off visibly (the detail has it all).
+    line = ""
+    for i, part in enumerate(parts):
+        if line and len(line) + len(part) + 1 > SUMMARY_LIMIT:
+            return f"{line} …(+{len(parts) - i})"
+        line = f"{line} {part}" if line else part
+    return line
