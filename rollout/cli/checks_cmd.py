@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import typer
 from rich.table import Table
 
-from rollout.cli.app import app, out
+from rollout.cli.app import app, flag_option, out
 from rollout.cli.release import (
     REPORT_OPT,
     _confirm_production,
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     )
 
 PLAN_ARG = typer.Argument(..., help="A plan file, e.g. plans/local.yaml.", show_default=False)
-JSON_OPT = typer.Option(False, "--json", help="Print one JSON document on stdout instead.")
+JSON_OPT = flag_option("--json", help="Print one JSON document on stdout instead.")
 MARK = {"passed": "[green]✓ passed[/green]", "failed": "[red]✗ failed[/red]",
         "skipped": "[dim]- skipped[/dim]"}
 
@@ -64,7 +64,7 @@ def _smoke_table(report: SmokeReport) -> Table:
 @app.command()
 def smoke(
     plan: str = PLAN_ARG,
-    keep: bool = typer.Option(False, "--keep", help="Keep the demo users and what flows wrote."),
+    keep: bool = flag_option("--keep", help="Keep the demo users and what flows wrote."),
     junit: str = typer.Option(None, "--junit", help="Also write a JUnit XML report here."),
     json_output: bool = JSON_OPT,
 ) -> None:
@@ -210,8 +210,8 @@ def rehearse(
     plan: str = PLAN_ARG,
     report_file: str = REPORT_OPT,
     junit: str = typer.Option(None, "--junit", help="Write the phases as JUnit XML here."),
-    keep: bool = typer.Option(False, "--keep", help="Keep the smoke demo data at the end."),
-    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+    keep: bool = flag_option("--keep", help="Keep the smoke demo data at the end."),
+    yes: bool = flag_option("--yes", "-y", help="Do not ask for confirmation."),
     json_output: bool = JSON_OPT,
 ) -> None:
     """Rehearse PLAN's rollback: apply → smoke → rollback → verify → apply → smoke.

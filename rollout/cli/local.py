@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 from rich.table import Table
 
-from rollout.cli.app import app, out
+from rollout.cli.app import app, flag_option, out
 
 if TYPE_CHECKING:
     from rollout.adapters.local_stack.stack import LocalStack
@@ -31,8 +31,8 @@ app.add_typer(local_app, name="local")
 
 @local_app.command()
 def up(
-    with_functions: bool = typer.Option(
-        False, "--with-functions", help="Also deploy every function under functions/."
+    with_functions: bool = flag_option(
+        "--with-functions", help="Also deploy every function under functions/."
     ),
 ) -> None:
     """Start the stack (idempotent: a second `up` reports the running stack)."""
@@ -58,7 +58,7 @@ def down() -> None:
 
 
 @local_app.command()
-def status(json_output: bool = typer.Option(False, "--json", help="One JSON document.")) -> None:
+def status(json_output: bool = flag_option("--json", help="One JSON document.")) -> None:
     """Each component: pid, port, URL and health. Exit 1 when something is down."""
     stack = _stack()
     rows = stack.status()

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import typer
 from rich.table import Table
 
-from rollout.cli.app import app, err, out
+from rollout.cli.app import app, err, flag_option, out
 from rollout.cli.render import wrap_whole
 from rollout.errors import UsageError
 from rollout.paths import project_root
@@ -33,8 +33,8 @@ if TYPE_CHECKING:
 PLAN_ARG = typer.Argument(..., help="A plan file, e.g. plans/local.yaml.", show_default=False)
 PLAN_OR_ENV = typer.Argument(..., show_default=False,
                              help="A plan file, or an environment name from plans/*.yaml.")
-JSON_OPT = typer.Option(False, "--json", help="Print one JSON document on stdout instead.")
-YES_OPT = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation.")
+JSON_OPT = flag_option("--json", help="Print one JSON document on stdout instead.")
+YES_OPT = flag_option("--yes", "-y", help="Do not ask for confirmation.")
 REPORT_OPT = typer.Option(
     None, "--report", metavar="FILE",
     help="Write the HTML release report here (FILE.html; its JSON beside it). "
@@ -173,11 +173,11 @@ def plan_command(
 @app.command()
 def apply(
     plan: str = PLAN_ARG,
-    dry_run: bool = typer.Option(False, "--dry-run", help="Show what would run; change nothing."),
+    dry_run: bool = flag_option("--dry-run", help="Show what would run; change nothing."),
     yes: bool = YES_OPT,
     from_step: str = typer.Option(None, "--from", help="Start at this step id."),
     to_step: str = typer.Option(None, "--to", help="Stop after this step id."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run."),
+    resume: bool = flag_option("--resume", help="Continue the interrupted run."),
     report_file: str = REPORT_OPT,
     json_output: bool = JSON_OPT,
 ) -> None:
@@ -335,7 +335,7 @@ def approve(
 @app.command()
 def unlock(
     plan: str = PLAN_OR_ENV,
-    force: bool = typer.Option(False, "--force", help="Required: ends the holder's session."),
+    force: bool = flag_option("--force", help="Required: ends the holder's session."),
 ) -> None:
     """Free the environment's lock held by a dead or stuck run (shows the holder first)."""
     loaded, journal = _journal_for(plan)
