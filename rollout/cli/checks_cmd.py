@@ -192,11 +192,12 @@ class RehearsalRenderer:
 
 def _summary(report: RehearsalReport) -> None:
     table = Table("#", "phase", "result", "seconds", "what", title=f"rehearsal {report.run_id[:8]} "
-                  f"of {report.plan} → {report.environment} (plan {report.plan_checksum[:12]})")
+                  f"of {report.plan} → {report.environment}")
     for i, phase in enumerate(report.phases, 1):
         table.add_row(str(i), phase.name, MARK.get(phase.status, phase.status),
                       f"{phase.seconds:.1f}", phase.summary)
     out.print(table)
+    out.print(f"plan checksum {report.plan_checksum}", soft_wrap=True)
     for difference in report.schema.get("differences", []):
         out.print(f"[red]• schema: {difference}[/red]", soft_wrap=True)
     color = "green" if report.passed else "red"

@@ -312,7 +312,7 @@ def history(plan: str = PLAN_OR_ENV, limit: int = typer.Option(20, help="How man
     table = Table("run", "command", "status", "operator", "started", "commit", "message")
     for run in runs:
         table.add_row(run.id[:8], run.command, run.status, f"{run.operator}@{run.host}",
-                      f"{run.started_at:%Y-%m-%d %H:%M:%S}", (run.git_commit or "-")[:12],
+                      f"{run.started_at:%Y-%m-%d %H:%M:%S}", (run.git_commit or "-"),
                       run.message or "")
     out.print(table)
 
@@ -329,7 +329,7 @@ def approve(
     _, journal = _journal_for(plan)
     found = journal.find_run(run)
     journal.approve(found.id, step, operator_name())
-    out.print(f"approved {step} of run {found.id[:8]} as {operator_name()}")
+    out.print(f"approved {step} of run {found.id} as {operator_name()}")
 
 
 @app.command()
@@ -343,8 +343,8 @@ def unlock(
     if holder is None:
         out.print(f"{loaded.environment} is not locked")
         return
-    out.print(f"held by run {str(holder['run_id'])[:8]} ({holder['operator']}@{holder['host']}, "
-              f"backend pid {holder['pid']}) since {holder['since']}")
+    out.print(f"held by run {holder['run_id']} ({holder['operator']}@{holder['host']}, "
+              f"backend pid {holder['pid']}) since {holder['since']}", soft_wrap=True)
     if not force:
         err.print(f"[red]to end that session and free the lock: "
                   f"{shlex.join(['rollout', 'unlock', plan, '--force'])}[/red]", soft_wrap=True)
