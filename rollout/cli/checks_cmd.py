@@ -19,6 +19,7 @@ from rollout.cli.release import (
     write_report,
 )
 from rollout.cli.render import HumanRenderer
+from rollout.errors import UsageError
 from rollout.paths import state_dir
 
 if TYPE_CHECKING:
@@ -213,9 +214,15 @@ def rehearse(
     junit: str = typer.Option(None, "--junit", help="Write the phases as JUnit XML here."),
     keep: bool = flag_option("--keep", help="Keep the smoke demo data at the end."),
     yes: bool = flag_option("--yes", "-y", help="Do not ask for confirmation."),
+    allow_production: bool = flag_option(
+        "--allow-production", help="Rehearse on a `production: true` plan (it starts by rolling "
+                                   "back what is live there)."),
     json_output: bool = JSON_OPT,
 ) -> None:
-    """Rehearse PLAN's rollback: apply → smoke → rollback → verify → apply → smoke.
+    """Rehearse PLAN's rollback: reset → apply → smoke → rollback → verify → apply → smoke.
+
+    It starts by rolling back whatever of the plan is applied (phase `reset`), so on a
+    production plan it refuses unless `--allow-production` is given.
 
     The rollback must return the app schema exactly to its pre-apply snapshot and keep every
     message and report. The result is journaled (`rollout history`) under the plan's checksum.
@@ -227,7 +234,14 @@ def rehearse(
     from rollout.reports.release import Recorder, build
 
     loaded: Plan = load_plan(Path(plan))
-    _confirm_production(loaded, yes, "rehearse (apply, roll back and apply again)")
+    if loaded.model.production and not allow_production:
+        raise UsageError(
+            f"{plan} is a production plan: a rehearsal starts by rolling back what is live "
+            f"on {loaded.environment}, then applies, rolls back and applies again",
+            hint="rehearse on staging (`rollout rehearse plans/staging.yaml`), or pass "
+                 "--allow-production if that is what you mean")
+    _confirm_production(loaded, yes, "rehearse: roll back what is live, then apply, roll back "
+                                     "and apply again")
     _sigterm_as_interrupt()
     recorder = Recorder(_quiet if json_output else RehearsalRenderer())
     target = build_target(loaded)

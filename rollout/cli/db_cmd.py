@@ -69,6 +69,9 @@ def cron_status(
         out.print(f"no job {job!r} on {loaded.environment}")
         raise typer.Exit(1)
     out.print(f"{job}: '{status['job'].get('schedule')}' UTC → {status['job'].get('function', '')}")
+    if not status.get("runs"):
+        out.print("no runs yet")
+        return
     table = Table("started", "finished", "status", "detail")
     for run in status.get("runs", []):
         table.add_row(str(run.get("started") or run.get("start_time")),

@@ -7,6 +7,7 @@ import shlex
 import signal
 import sys
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -92,11 +93,14 @@ def _engine(plan: Plan, json_output: bool,
     return engine, renderer
 
 
-def _confirm_production(plan: Plan, yes: bool, verb: str) -> None:
+def _confirm_production(plan: Plan, yes: bool, verb: str, listing: Sequence[str] = ()) -> None:
+    """Production asks for its environment name; `listing` (what would change) comes first."""
     if not plan.model.production or yes:
         return
     if not sys.stdin.isatty():
         raise UsageError(f"{plan.path} targets production: pass --yes to {verb} without a prompt")
+    for line in listing:
+        out.print(line, soft_wrap=True, markup=False)
     typed = typer.prompt(f"This will {verb} {plan.name} on PRODUCTION. "
                          f"Type the environment name ({plan.environment}) to continue")
     if typed.strip() != plan.environment:
@@ -137,12 +141,22 @@ def plan_command(
     """Validate PLAN and show what `apply` would do, step by step, against the target's state.
 
     Steps already applied show as such. Exit 2 when the plan is invalid.
-    `rollout plan schema` prints the JSON Schema of plan files (for editors).
+    `rollout plan schema` prints the JSON Schema of plan files (for editors);
+    `rollout plan kinds` lists the step kinds.
     """
     if plan == "schema" and not Path(plan).exists():
         from rollout.engine.plan import plan_json_schema
 
         print(json.dumps(plan_json_schema(), indent=2))
+        return
+    if plan == "kinds" and not Path(plan).exists():
+        from rollout.engine.plan import step_kinds
+
+        kinds = step_kinds()
+        if json_output:
+            print(json.dumps(kinds, indent=2))
+        for name, what in ({} if json_output else kinds).items():
+            out.print(f"[bold]{name}[/bold]  {what}", soft_wrap=True)
         return
     loaded = _load(plan)
     engine, _ = _engine(loaded, json_output)
@@ -235,17 +249,36 @@ def write_report(report: ReleaseReport, requested: str | None, default_dir: Path
 def rollback(
     plan: str = PLAN_ARG,
     to_step: str = typer.Option(None, "--to", help="Undo only the steps after this one."),
+    dry_run: bool = flag_option("--dry-run", help="List what would be undone, newest first; "
+                                                  "change nothing."),
     yes: bool = YES_OPT,
     json_output: bool = JSON_OPT,
 ) -> None:
     """Undo PLAN's applied steps, newest first (functions, cron, flags, migration…).
 
     The maintenance window is always lifted at the end. Exit 3 when a step cannot be undone:
-    the journal (`rollout status`) then says where it stopped.
+    the journal (`rollout status`) then says where it stopped. On production the confirmation
+    lists what will be undone first.
     """
     loaded = _load(plan)
-    _confirm_production(loaded, yes, "roll back")
     engine, renderer = _engine(loaded, json_output)
+    undo = (engine.rollback_preview(to_step)
+            if dry_run or (loaded.model.production and not yes) else [])
+    listing = [f"{i}. undo {p.spec.id} ({p.spec.kind}): "
+               f"{engine.masker.text(p.step.describe())}" for i, p in enumerate(undo, 1)]
+    if dry_run:
+        if json_output:
+            print(json.dumps({"environment": loaded.environment,
+                              "would_undo": [{"step": p.spec.id, "kind": p.spec.kind}
+                                             for p in undo]}, indent=2))
+            return
+        out.print(f"rollback of {loaded.name} on {loaded.environment} would undo "
+                  f"{len(undo)} step(s), newest first" + (":" if undo else "."))
+        for line in listing:
+            out.print(f"  {line}", soft_wrap=True, markup=False)
+        return
+    _confirm_production(loaded, yes, "roll back",
+                        [f"rollback would undo, newest first: {len(undo)} step(s)", *listing])
     _sigterm_as_interrupt()
     from rollout.engine.runner import Options
 

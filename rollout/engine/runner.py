@@ -295,9 +295,8 @@ class Engine:
 
     def rollback(self, to_step: str | None, options: Options) -> RunResult:
         """Undo the applied steps of this plan, newest first, down to (not including) `to_step`."""
-        start = self.plan.index(to_step) + 1 if to_step else 0
-        candidates = [p for p in self.plan.steps[start:]
-                      if p.step.persistent and p.step.reversible]
+        if to_step:
+            self.plan.index(to_step)  # an unknown step is a usage error before anything starts
         self.target.prepare()
         self.masker.add(self.target.secret_values())
         journal = self.journal = Journal(self.target.db_url, self.masker)
@@ -312,8 +311,7 @@ class Engine:
                 journal.set_run_status(interrupted.id, "abandoned",
                                        f"rolled back by run {run_id[:8]}")
             states = journal.states(self.plan.environment)
-            todo = [p for p in reversed(candidates)
-                    if (s := states.get(p.step.id)) and s.status in UNDOABLE]
+            todo = self._undo_order(to_step, states)
             journal.start_run(self._run_info(run_id, "rollback", operator, host))
             self.emit(RunStarted(run_id, "rollback", self.plan.name, self.plan.environment,
                                  self.target.kind, [p.spec.id for p in todo]))
@@ -332,6 +330,26 @@ class Engine:
         self.emit(RunFinished(run_id, "rollback", status, exit_code, time.monotonic() - began,
                               message))
         return RunResult(run_id, status, exit_code, list(self.results), message)
+
+    def rollback_preview(self, to_step: str | None) -> list[PlannedStep]:
+        """What `rollback` would undo now, newest first, read from the journal (no lock, no
+        change: `rollout rollback --dry-run` and the production confirmation show it)."""
+        states: dict[str, StepState] = {}
+        if self.target.reachable():
+            journal = Journal(self.target.db_url, self.masker)
+            try:
+                states = journal.states(self.plan.environment) if journal.exists() else {}
+            finally:
+                journal.close()
+        return self._undo_order(to_step, states)
+
+    def _undo_order(self, to_step: str | None,
+                    states: dict[str, StepState]) -> list[PlannedStep]:
+        """The applied (or partly applied) reversible steps after `to_step`, newest first."""
+        start = self.plan.index(to_step) + 1 if to_step else 0
+        return [p for p in reversed(self.plan.steps[start:])
+                if p.step.persistent and p.step.reversible
+                and (s := states.get(p.step.id)) and s.status in UNDOABLE]
 
     def _rollback_steps(self, run_id: str, todo: list[PlannedStep], operator: str,
                         states: dict[str, StepState] | None = None,
