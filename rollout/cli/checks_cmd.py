@@ -259,5 +259,6 @@ def rehearse(
         print(document)
     else:
         _summary(report)
-        out.print(f"release report: {html_path}", soft_wrap=True)
+        if html_path:
+            out.print(f"release report: {html_path}", soft_wrap=True)
     raise typer.Exit(report.exit_code)

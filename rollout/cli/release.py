@@ -222,10 +222,11 @@ def apply(
     path = write_report(report, report_file, state_dir() / "runs" / result.run_id,
                         engine.masker)
     if renderer is not None:
-        renderer.run["report"] = str(path)
+        renderer.run["report"] = str(path) if path else None
         print(renderer.document())
     else:
-        out.print(f"release report: {path}", soft_wrap=True)
+        if path:
+            out.print(f"release report: {path}", soft_wrap=True)
         if loaded.model.target.kind == "local":
             from rollout.cli.local import print_still_running
 
@@ -234,14 +235,20 @@ def apply(
 
 
 def write_report(report: ReleaseReport, requested: str | None, default_dir: Path,
-                 masker: Masker, json_document: str | None = None) -> Path:
-    """The HTML release report and its JSON beside it (`json_document`, else the report's)."""
+                 masker: Masker, json_document: str | None = None) -> Path | None:
+    """The HTML release report and its JSON beside it (`json_document`, else the report's).
+    A report that cannot be written is a warning: the run's result and exit code stand."""
     from rollout.reports.html import report_paths, write
 
     html_path, json_path = report_paths(requested, default_dir)
-    write(report, html_path, masker, json_path if json_document is None else None)
-    if json_document is not None:
-        json_path.write_text(json_document)
+    try:
+        write(report, html_path, masker, json_path if json_document is None else None)
+        if json_document is not None:
+            json_path.write_text(json_document)
+    except OSError as error:
+        err.print(f"[yellow]could not write the release report: {error}[/yellow]",
+                  soft_wrap=True)
+        return None
     return html_path
 
 

@@ -17,6 +17,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import psycopg
+
 from rollout.adapters import k6
 from rollout.adapters.targets import Target
 from rollout.engine.events import (
@@ -227,5 +229,5 @@ def _checklist(plan: Plan, target: Target, masker: Masker) -> dict[str, Any] | N
             return dict(masker.data(evaluate(plan, journal, None).to_dict()))
         finally:
             journal.close()
-    except RolloutError as err:
-        return {"error": f"could not read the journal: {err}", "items": []}
+    except (RolloutError, psycopg.Error) as err:
+        return {"error": f"could not read the journal: {str(err).strip()}", "items": []}

@@ -114,3 +114,7 @@ def test_apply_writes_the_report_and_masks_secrets(cli: Cli, tmp_path: Path) -> 
     facts = json.loads(path.with_suffix(".json").read_text())
     assert facts["status"] == "succeeded" and facts["backups"][0]["sha256"] in page
     assert facts["runs"][0]["run_id"] == path.parent.name
+    unwritable = cli.run("apply", "plans/local.yaml", "--yes", "--to", "migrate",
+                         "--report", "/proc/no-such-dir/report.html")
+    assert unwritable.returncode == 0, unwritable.stderr  # the run's result stands
+    assert "could not write the release report" in unwritable.stderr
