@@ -18,7 +18,7 @@ from rollout.cli.release import (
     _sigterm_as_interrupt,
     write_report,
 )
-from rollout.cli.render import HumanRenderer
+from rollout.cli.render import HumanRenderer, table_or_blocks
 from rollout.errors import UsageError
 from rollout.paths import state_dir
 
@@ -192,12 +192,11 @@ class RehearsalRenderer:
 
 
 def _summary(report: RehearsalReport) -> None:
-    table = Table("#", "phase", "result", "seconds", "what", title=f"rehearsal {report.run_id[:8]} "
-                  f"of {report.plan} → {report.environment}")
-    for i, phase in enumerate(report.phases, 1):
-        table.add_row(str(i), phase.name, MARK.get(phase.status, phase.status),
+    table_or_blocks(out, f"rehearsal {report.run_id} of {report.plan} → {report.environment}",
+                    ["#", "phase", "result", "seconds", "what"],
+                    [(str(i), phase.name, MARK.get(phase.status, phase.status),
                       f"{phase.seconds:.1f}", phase.summary)
-    out.print(table)
+                     for i, phase in enumerate(report.phases, 1)])
     out.print(f"plan checksum {report.plan_checksum}", soft_wrap=True)
     for difference in report.schema.get("differences", []):
         out.print(f"[red]• schema: {difference}[/red]", soft_wrap=True)

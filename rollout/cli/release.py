@@ -13,10 +13,9 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 import typer
-from rich.table import Table
 
 from rollout.cli.app import app, err, flag_option, out
-from rollout.cli.render import wrap_whole
+from rollout.cli.render import table_or_blocks
 from rollout.errors import UsageError
 from rollout.paths import project_root
 
@@ -41,7 +40,6 @@ REPORT_OPT = typer.Option(
     help="Write the HTML release report here (FILE.html; its JSON beside it). "
          "Default: the run's artifacts, .rollout/runs/RUN/report.html.")
 
-WIDE = 120  # below this many columns, tables of long text are printed as stacked blocks
 STATE_STYLE = {"pending": "[yellow]pending[/yellow]", "applied": "[cyan]applied[/cyan]",
                "changed": "[magenta]changed[/magenta]", "disabled": "[dim]disabled[/dim]",
                "always": "[blue]runs each time[/blue]"}
@@ -166,22 +164,12 @@ def plan_command(
                           "checksum": loaded.checksum,
                           "steps": [view.__dict__ for view in views]}, indent=2))
         return
-    title = f"{loaded.name} → {loaded.environment} ({loaded.model.target.kind})"
-    if out.width >= WIDE:
-        table = Table("#", "step", "kind", "state", "on failure", "what it does", title=title)
-        for i, view in enumerate(views, 1):
-            table.add_row(str(i), view.id, view.kind, STATE_STYLE.get(view.state, view.state),
-                          view.on_failure, engine.masker.text(view.description))
-        out.print(table)
-        return
-    # Narrow terminals (CI logs, ssh at 80 columns): one stacked block per step.
-    out.print(f"[bold]{title}[/bold]", soft_wrap=True)
-    for i, view in enumerate(views, 1):
-        out.print(f"{i:>2}. [bold]{view.id}[/bold] · {view.kind} · "
-                  f"{STATE_STYLE.get(view.state, view.state)} · on failure: {view.on_failure}",
-                  soft_wrap=True)
-        out.print(wrap_whole(engine.masker.text(view.description), out.width, "    "),
-                  soft_wrap=True, markup=False)
+    table_or_blocks(
+        out, f"{loaded.name} → {loaded.environment} ({loaded.model.target.kind})",
+        ["#", "step", "kind", "state", "on failure", "what it does"],
+        [(str(i), view.id, view.kind,
+          STATE_STYLE.get(view.state, view.state), f"on failure: {view.on_failure}",
+          engine.masker.text(view.description)) for i, view in enumerate(views, 1)])
 
 
 @app.command()
@@ -323,21 +311,21 @@ def status(plan: str = PLAN_OR_ENV, json_output: bool = JSON_OPT) -> None:
                           "last_run": runs[0].__dict__ if runs else None,
                           "lock": holder}, default=str, indent=2))
         return
-    table = Table("step", "kind", "state", "run", "updated", title=loaded.environment)
+    rows = []
     for planned in loaded.steps:
         state = states.get(planned.spec.id)
-        table.add_row(planned.spec.id, planned.spec.kind, state.status if state else "-",
-                      state.run_id[:8] if state else "-",
-                      f"{state.updated_at:%Y-%m-%d %H:%M:%S}" if state else "-")
-    out.print(table)
+        rows.append((planned.spec.id, planned.spec.kind, state.status if state else "-",
+                     f"{state.updated_at:%Y-%m-%d %H:%M:%S}" if state else "-",
+                     f"run {state.run_id}" if state else ""))
+    table_or_blocks(out, loaded.environment, ["step", "kind", "state", "updated", "run"], rows)
     if runs:
         run = runs[0]
-        out.print(f"last run {run.id[:8]}: {run.command} {run.status} by {run.operator}@"
+        out.print(f"last run {run.id}: {run.command} {run.status} by {run.operator}@"
                   f"{run.host} at {run.started_at:%Y-%m-%d %H:%M:%S} UTC"
-                  + (f" — {run.message}" if run.message else ""))
+                  + (f" — {run.message}" if run.message else ""), soft_wrap=True)
     if holder:
-        out.print(f"[yellow]locked by run {str(holder['run_id'])[:8]} ({holder['operator']}@"
-                  f"{holder['host']}) since {holder['since']:%H:%M:%S}[/yellow]")
+        out.print(f"[yellow]locked by run {holder['run_id']} ({holder['operator']}@"
+                  f"{holder['host']}) since {holder['since']:%H:%M:%S}[/yellow]", soft_wrap=True)
 
 
 @app.command()
@@ -349,12 +337,11 @@ def history(plan: str = PLAN_OR_ENV, limit: int = typer.Option(20, help="How man
     if json_output:
         print(json.dumps([r.__dict__ for r in runs], default=str, indent=2))
         return
-    table = Table("run", "command", "status", "operator", "started", "commit", "message")
-    for run in runs:
-        table.add_row(run.id[:8], run.command, run.status, f"{run.operator}@{run.host}",
-                      f"{run.started_at:%Y-%m-%d %H:%M:%S}", (run.git_commit or "-"),
-                      run.message or "")
-    out.print(table)
+    table_or_blocks(out, f"runs on {loaded.environment}",
+                    ["run", "command", "status", "operator", "started", "commit", "message"],
+                    [(run.id, run.command, run.status, f"{run.operator}@{run.host}",
+                      f"{run.started_at:%Y-%m-%d %H:%M:%S}", run.git_commit or "-",
+                      run.message or "") for run in runs])
 
 
 @app.command()

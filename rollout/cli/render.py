@@ -6,6 +6,7 @@ import json
 import re
 import shlex
 import textwrap
+from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -42,6 +43,27 @@ def wrap_whole(text: str, width: int, indent: str = "") -> str:
     lines = textwrap.wrap(glued, width, initial_indent=indent, subsequent_indent=indent,
                           break_long_words=False, break_on_hyphens=False)
     return "\n".join(lines).replace(NBSP, " ") or indent
+
+
+WIDE = 120  # below this many columns, tables with long text are printed as stacked blocks
+
+
+def table_or_blocks(console: Console, title: str, headers: Sequence[str],
+                    rows: Sequence[Sequence[str]]) -> None:
+    """A table on wide terminals. Narrower (CI logs, ssh at 80 columns) each row is a block:
+    its short cells on one line, its last cell (the long text) wrapped beneath, values whole."""
+    if console.width >= WIDE:
+        table = Table(*headers, title=title)
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
+        return
+    console.print(f"[bold]{title}[/bold]", soft_wrap=True)
+    for row in rows:
+        console.print(" · ".join(cell for cell in row[:-1] if cell), soft_wrap=True)
+        if row[-1]:
+            console.print(wrap_whole(row[-1], console.width, "    "), soft_wrap=True,
+                          markup=False)
 
 
 class HumanRenderer:
