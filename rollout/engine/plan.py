@@ -183,7 +183,7 @@ def _relative(path: Path, root: Path) -> str:
 
 def step_kinds() -> dict[str, str]:
     """Each step kind and the first line of what it does (`rollout plan kinds`)."""
-    return {name: (kind.__doc__ or "").strip().splitlines()[0] if kind.__doc__ else ""
+    return {name: (kind.__doc__ or "").strip().split("\n")[0]
             for name, kind in sorted(KINDS.items())}
 
 
