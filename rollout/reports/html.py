@@ -27,7 +27,8 @@ body{font:14px/1.45 system-ui,sans-serif;margin:2rem auto;max-width:72rem;paddin
 color:#1d232a}
 h1{font-size:1.5rem}h2{font-size:1.15rem;margin-top:2rem;border-bottom:1px solid #ddd}
 table{border-collapse:collapse;width:100%;margin:.5rem 0}
-td,th{border:1px solid #ddd;padding:.25rem .5rem;text-align:left;vertical-align:top}
+td,th{border:1px solid #ddd;padding:.25rem .5rem;text-align:left;vertical-align:top;
+overflow-wrap:anywhere}
 th{background:#f4f5f7}code,.value{font-family:ui-monospace,monospace;overflow-wrap:anywhere}
 dl{display:grid;grid-template-columns:max-content 1fr;gap:.2rem 1rem}dt{font-weight:600}
 dd{margin:0;overflow-wrap:anywhere;font-family:ui-monospace,monospace}

@@ -161,7 +161,8 @@ def build(plan: Plan, target: Target, recorder: Recorder, masker: Masker, *, com
         production=bool(plan.model.production), git_commit=git_commit(plan.root),
         operator=operator_name(), host=socket.gethostname(), started_at=recorder.started_at,
         finished_at=datetime.now(UTC).isoformat(timespec="seconds"), status=status,
-        exit_code=exit_code, message=message, runs=recorder.runs, spans=recorder.spans,
+        exit_code=exit_code, message=message, runs=recorder.runs,
+        spans=sorted(recorder.spans, key=lambda span: span.start),
         steps=[{"step": s.step_id, "kind": s.kind, "action": s.action, "status": s.status,
                 "seconds": round(s.seconds, 3), "summary": s.error or _whole(s.detail)
                 or s.summary}
