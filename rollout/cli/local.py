@@ -8,9 +8,9 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.table import Table
 
 from rollout.cli.app import app, flag_option, out
+from rollout.cli.render import table_or_blocks
 
 if TYPE_CHECKING:
     from rollout.adapters.local_stack.stack import LocalStack
@@ -95,9 +95,7 @@ def print_still_running() -> None:
 
 
 def _print_status(stack: LocalStack, rows: list[Any] | None = None) -> None:
-    table = Table("component", "pid", "port", "url", "health", "detail")
-    for row in rows if rows is not None else stack.status():
-        health = "[green]up[/green]" if row.healthy else "[red]down[/red]"
-        table.add_row(row.name, str(row.pid or "-"), str(row.port or "-"), row.url, health,
-                      row.detail)
-    out.print(table)
+    table_or_blocks(out, "local stack", ["component", "pid", "port", "health", "detail", "url"], [
+        (row.name, str(row.pid or "-"), str(row.port or "-"),
+         "[green]up[/green]" if row.healthy else "[red]down[/red]", row.detail, row.url)
+        for row in (rows if rows is not None else stack.status())])

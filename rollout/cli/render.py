@@ -11,6 +11,7 @@ from dataclasses import asdict
 from typing import Any
 
 from rich.console import Console
+from rich.measure import Measurement
 from rich.status import Status
 from rich.table import Table
 
@@ -45,17 +46,16 @@ def wrap_whole(text: str, width: int, indent: str = "") -> str:
     return "\n".join(lines).replace(NBSP, " ") or indent
 
 
-WIDE = 120  # below this many columns, tables with long text are printed as stacked blocks
-
-
 def table_or_blocks(console: Console, title: str, headers: Sequence[str],
                     rows: Sequence[Sequence[str]]) -> None:
-    """A table on wide terminals. Narrower (CI logs, ssh at 80 columns) each row is a block:
-    its short cells on one line, its last cell (the long text) wrapped beneath, values whole."""
-    if console.width >= WIDE:
-        table = Table(*headers, title=title)
-        for row in rows:
-            table.add_row(*row)
+    """A table when it fits the terminal whole. Otherwise (CI logs, ssh at 80 columns) each
+    row is a block: its short cells on one line, its last cell (the long text) wrapped beneath,
+    never a value folded or cut with an ellipsis."""
+    table = Table(*headers, title=title)
+    for row in rows:
+        table.add_row(*row)
+    natural = Measurement.get(console, console.options.update_width(10_000), table).maximum
+    if natural <= console.width:
         console.print(table)
         return
     console.print(f"[bold]{title}[/bold]", soft_wrap=True)
@@ -115,27 +115,16 @@ class HumanRenderer:
 
     def _summary(self, event: RunFinished) -> None:
         if self.finished:
-            self.console.print(self._steps_table(event.run_id))
+            table_or_blocks(self.console, f"run {event.run_id}",
+                            ["step", "action", "result", "seconds"],
+                            [(row.step_id, row.action, STATUS_STYLE.get(row.status, row.status),
+                              f"{row.seconds:.1f}") for row in self.finished])
         color = "green" if event.exit_code == 0 else "red"
         message = f": {event.message}" if event.message else ""
         self.console.print(f"[{color}]{event.command} {event.status}[/{color}] in "
                            f"{event.seconds:.1f}s{message}", soft_wrap=True)
         for label, command in self._next_commands(event):
             self.console.print(f"  {label}: [bold]{command}[/bold]", soft_wrap=True)
-
-    def _steps_table(self, run_id: str) -> Table:
-        """One row per step; at narrow widths (80 columns) the same facts, stacked."""
-        if self.console.width >= 60:
-            table = Table("step", "action", "result", "seconds", title=f"run {run_id}")
-            for row in self.finished:
-                table.add_row(row.step_id, row.action, STATUS_STYLE.get(row.status, row.status),
-                              f"{row.seconds:.1f}")
-            return table
-        table = Table("step", title=f"run {run_id}", show_header=False)
-        for row in self.finished:
-            table.add_row(f"{row.step_id}\n  {row.action} "
-                          f"{STATUS_STYLE.get(row.status, row.status)} {row.seconds:.1f}s")
-        return table
 
     def _next_commands(self, event: RunFinished) -> list[tuple[str, str]]:
         """What to run next, as printed: an interrupted or failed run says how to go on."""
