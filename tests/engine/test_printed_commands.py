@@ -168,3 +168,25 @@ def test_apply_at_80_columns_keeps_every_value_whole(cli: Cli, tmp_path: Path) -
         assert value in out, value
     assert "the local stack is still running" in out
     assert "rollout local down" in out and "/local/*.log" in out
+
+
+def test_a_summary_leaves_whole_parts_off_visibly_never_cutting_one() -> None:
+    from rollout.engine.runner import SUMMARY_LIMIT, summarize
+
+    detail = {f"file{i}": f"/var/tmp/{'x' * 90}/{i}.dump" for i in range(8)}
+    line = summarize(detail)
+    kept, _, left_off = line.partition(" …(+")
+    assert len(kept) <= SUMMARY_LIMIT and left_off.endswith(")")
+    shown = list(detail.items())[:len(detail) - int(left_off.rstrip(")"))]
+    assert shown and kept == " ".join(f"{k}={v}" for k, v in shown)
+
+
+def test_wrapping_keeps_long_values_and_quoted_values_whole() -> None:
+    from rollout.cli.render import wrap_whole
+
+    path = "/var/tmp/" + "a" * 100 + "/backup.dump"
+    text = f"schedule job 'reset quotas' at '0 2 * * *' UTC, backup {path} done"
+    lines = wrap_whole(text, 30, "  ").splitlines()
+    assert f"  {path}" in lines
+    assert any("'0 2 * * *'" in line for line in lines)
+    assert " ".join(line.strip() for line in lines) == text
