@@ -59,8 +59,8 @@ class Recorder:
     steps: list[StepFinished] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)
     runs: list[dict[str, Any]] = field(default_factory=list)
-    _open: dict[str, float] = field(default_factory=dict)
-    _window: float | None = None
+    _open: dict[str, float] = field(default_factory=dict, init=False)  # started, not finished
+    _window: float | None = field(default=None, init=False)  # the maintenance window's start
 
     def __call__(self, event: RehearsalEvent) -> None:
         now = round(time.monotonic() - self.began, 3)
