@@ -15,6 +15,8 @@ separately (`broadcast_quota_refused`) so the report says why, if it happens.
 
 from __future__ import annotations
 
+import csv
+import gzip
 import json
 import os
 import re
@@ -53,6 +55,8 @@ DEFAULT_THRESHOLDS: dict[str, list[str]] = {
 }
 TREND_STATS = "avg,min,med,max,p(50),p(90),p(95),p(99)"
 KINDS = ("dm", "broadcast")
+DASHBOARD = "k6-dashboard.html"  # k6's own HTML report (its web dashboard, exported at the end)
+METRICS = "k6-metrics.csv.gz"  # every sample, for the release report's per-second series
 
 _PREFIX = "10ad0000-0000-4000"
 _GROUPS = {"attendee": "8001", "mvp_dealer": "8003", "show_organizer": "8004", "show": "8006"}
@@ -136,6 +140,8 @@ class LoadReport:
     thresholds: list[ThresholdVerdict]
     exit_code: int
     summary_path: str
+    dashboard_path: str | None = None
+    metrics_path: str | None = None
     quota_refusals: int = 0
     checks_failed: int = 0
     seconds: float = 0.0  # wall clock of the k6 run
@@ -344,9 +350,11 @@ def run_load(api_url: str, anon_key: str, jwt_secret: str, db_url: str, params: 
     try:
         users_file = write_users_file(cast, jwt_secret, params.token_ttl)
         env = _child_env({"API_URL": api_url, "ANON_KEY": anon_key,
-                          "USERS_FILE": str(users_file), **params.script_env()})
+                          "USERS_FILE": str(users_file), **params.script_env(),
+                          **dashboard_env(out_dir / DASHBOARD)})
         cmd = [k6, "run", "--no-usage-report", "--no-color", "--summary-export", str(summary),
-               "--summary-trend-stats", TREND_STATS, str(script)]
+               "--summary-trend-stats", TREND_STATS, "--out", f"csv={out_dir / METRICS}",
+               str(script)]
         # Iteration-based: progress is iterations done / planned; duration-based: k6's own %.
         expected = 0 if params.dm_duration else \
             params.dm_vus * params.dm_iterations + params.broadcasts
@@ -364,11 +372,22 @@ def run_load(api_url: str, anon_key: str, jwt_secret: str, db_url: str, params: 
                           hint=f"k6's full output: {log_path}")
     report = parse_summary(summary, params.thresholds, exit_code)
     report.seconds = round(seconds, 3)
+    for name, attr in ((DASHBOARD, "dashboard_path"), (METRICS, "metrics_path")):
+        if (out_dir / name).exists():
+            setattr(report, attr, str(out_dir / name))
     report.users = {"attendees": len(cast.attendees), "mvp_dealers": len(cast.mvp_dealers),
                     "organizers": len(cast.organizers), "shows": len(cast.shows)}
     verdict = "thresholds crossed" if report.crossed else "thresholds met"
     notify(f"k6 done: {report.requests} requests, {verdict}", 1.0)
     return report
+
+
+def dashboard_env(export: Path) -> dict[str, str]:
+    """k6's web dashboard, headless (no port), exported as one HTML file when the run ends;
+    a one-second period so that even a short run has a curve."""
+    export.unlink(missing_ok=True)
+    return {"K6_WEB_DASHBOARD": "true", "K6_WEB_DASHBOARD_PORT": "-1",
+            "K6_WEB_DASHBOARD_PERIOD": "1s", "K6_WEB_DASHBOARD_EXPORT": str(export)}
 
 
 def _run_k6(cmd: list[str], env: dict[str, str], log_path: Path, expected: int,
@@ -486,6 +505,49 @@ def parse_summary(path: Path, thresholds: dict[str, list[str]], exit_code: int) 
         quota_refusals=int(stat("broadcast_quota_refused", "count") or 0),
         checks_failed=int(checks.get("fails", 0) or 0),
     )
+
+
+@dataclass
+class Series:
+    """Per second of a k6 run: requests, and p50/p95/p99 of `http_req_duration` in ms."""
+
+    seconds: list[int] = field(default_factory=list)
+    requests: list[int] = field(default_factory=list)
+    p50: list[float | None] = field(default_factory=list)
+    p95: list[float | None] = field(default_factory=list)
+    p99: list[float | None] = field(default_factory=list)
+
+
+def _percentile(ordered: list[float], q: float) -> float:
+    """Nearest-rank-with-interpolation percentile, as k6 computes its trends."""
+    position = (len(ordered) - 1) * q
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def read_series(path: Path) -> Series:
+    """Per-second series from k6's CSV output (`--out csv=FILE.gz`, one row per sample)."""
+    durations: dict[int, list[float]] = {}
+    requests: dict[int, int] = {}
+    with gzip.open(path, "rt", newline="") as handle:
+        for row in csv.DictReader(handle):
+            second = int(row["timestamp"])
+            if row["metric_name"] == "http_reqs":
+                requests[second] = requests.get(second, 0) + 1
+            elif row["metric_name"] == "http_req_duration":
+                durations.setdefault(second, []).append(float(row["metric_value"]))
+    series = Series()
+    if not requests and not durations:
+        return series
+    first, last = min(requests | durations), max(requests | durations)
+    for second in range(first, last + 1):
+        ordered = sorted(durations.get(second, []))
+        series.seconds.append(second - first)
+        series.requests.append(requests.get(second, 0))
+        for attr, q in (("p50", 0.50), ("p95", 0.95), ("p99", 0.99)):
+            getattr(series, attr).append(round(_percentile(ordered, q), 3) if ordered else None)
+    return series
 
 
 # ---- beyond one machine: the k6-operator ------------------------------------------------------

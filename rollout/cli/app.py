@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -23,8 +24,32 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+def flag_option(*names: str, help: str) -> Any:
+    """A boolean option, shown in --help as the flag it is (no `<bool>` value column)."""
+    return typer.Option(False, *names, help=help, metavar="")
+
+
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        print(f"rollout {version('rollout')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 metavar="", help="Print the version and exit."),
+    debug: bool = typer.Option(False, "--debug", metavar="",
+                               help="Tracebacks for expected errors (or ROLLOUT_DEBUG=1); "
+                                    "accepted anywhere on the command line."),
+) -> None:
+    """Release the role-based messaging system to Supabase, safely."""
 
 
 def debug_enabled() -> bool:

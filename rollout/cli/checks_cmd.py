@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -10,9 +11,15 @@ from typing import TYPE_CHECKING
 import typer
 from rich.table import Table
 
-from rollout.cli.app import app, out
-from rollout.cli.release import _confirm_production, _sigterm_as_interrupt
-from rollout.cli.render import HumanRenderer
+from rollout.cli.app import app, flag_option, out
+from rollout.cli.release import (
+    REPORT_OPT,
+    _confirm_production,
+    _sigterm_as_interrupt,
+    write_report,
+)
+from rollout.cli.render import HumanRenderer, table_or_blocks
+from rollout.errors import UsageError
 from rollout.paths import state_dir
 
 if TYPE_CHECKING:
@@ -22,11 +29,10 @@ if TYPE_CHECKING:
     from rollout.engine.rehearsal import (
         RehearsalEvent,
         RehearsalReport,
-        RehearsalSink,
     )
 
 PLAN_ARG = typer.Argument(..., help="A plan file, e.g. plans/local.yaml.", show_default=False)
-JSON_OPT = typer.Option(False, "--json", help="Print one JSON document on stdout instead.")
+JSON_OPT = flag_option("--json", help="Print one JSON document on stdout instead.")
 MARK = {"passed": "[green]✓ passed[/green]", "failed": "[red]✗ failed[/red]",
         "skipped": "[dim]- skipped[/dim]"}
 
@@ -59,7 +65,7 @@ def _smoke_table(report: SmokeReport) -> Table:
 @app.command()
 def smoke(
     plan: str = PLAN_ARG,
-    keep: bool = typer.Option(False, "--keep", help="Keep the demo users and what flows wrote."),
+    keep: bool = flag_option("--keep", help="Keep the demo users and what flows wrote."),
     junit: str = typer.Option(None, "--junit", help="Also write a JUnit XML report here."),
     json_output: bool = JSON_OPT,
 ) -> None:
@@ -186,12 +192,12 @@ class RehearsalRenderer:
 
 
 def _summary(report: RehearsalReport) -> None:
-    table = Table("#", "phase", "result", "seconds", "what", title=f"rehearsal {report.run_id[:8]} "
-                  f"of {report.plan} → {report.environment} (plan {report.plan_checksum[:12]})")
-    for i, phase in enumerate(report.phases, 1):
-        table.add_row(str(i), phase.name, MARK.get(phase.status, phase.status),
+    table_or_blocks(out, f"rehearsal {report.run_id} of {report.plan} → {report.environment}",
+                    ["#", "phase", "result", "seconds", "what"],
+                    [(str(i), phase.name, MARK.get(phase.status, phase.status),
                       f"{phase.seconds:.1f}", phase.summary)
-    out.print(table)
+                     for i, phase in enumerate(report.phases, 1)])
+    out.print(f"plan checksum {report.plan_checksum}", soft_wrap=True)
     for difference in report.schema.get("differences", []):
         out.print(f"[red]• schema: {difference}[/red]", soft_wrap=True)
     color = "green" if report.passed else "red"
@@ -203,13 +209,19 @@ def _summary(report: RehearsalReport) -> None:
 @app.command()
 def rehearse(
     plan: str = PLAN_ARG,
-    report_file: str = typer.Option(None, "--report", help="Write the JSON report here."),
+    report_file: str = REPORT_OPT,
     junit: str = typer.Option(None, "--junit", help="Write the phases as JUnit XML here."),
-    keep: bool = typer.Option(False, "--keep", help="Keep the smoke demo data at the end."),
-    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+    keep: bool = flag_option("--keep", help="Keep the smoke demo data at the end."),
+    yes: bool = flag_option("--yes", "-y", help="Do not ask for confirmation."),
+    allow_production: bool = flag_option(
+        "--allow-production", help="Rehearse on a `production: true` plan (it starts by rolling "
+                                   "back what is live there)."),
     json_output: bool = JSON_OPT,
 ) -> None:
-    """Rehearse PLAN's rollback: apply → smoke → rollback → verify → apply → smoke.
+    """Rehearse PLAN's rollback: reset → apply → smoke → rollback → verify → apply → smoke.
+
+    It starts by rolling back whatever of the plan is applied (phase `reset`), so on a
+    production plan it refuses unless `--allow-production` is given.
 
     The rollback must return the app schema exactly to its pre-apply snapshot and keep every
     message and report. The result is journaled (`rollout history`) under the plan's checksum.
@@ -218,18 +230,34 @@ def rehearse(
     from rollout.engine.plan import load_plan
     from rollout.engine.rehearsal import Rehearsal
     from rollout.engine.targets import build_target
+    from rollout.reports.release import Recorder, build
 
     loaded: Plan = load_plan(Path(plan))
-    _confirm_production(loaded, yes, "rehearse (apply, roll back and apply again)")
+    if loaded.model.production and not allow_production:
+        raise UsageError(
+            f"{plan} is a production plan: a rehearsal starts by rolling back what is live "
+            f"on {loaded.environment}, then applies, rolls back and applies again",
+            hint="rehearse on staging (`rollout rehearse plans/staging.yaml`), or pass "
+                 "--allow-production if that is what you mean")
+    _confirm_production(loaded, yes, "rehearse: roll back what is live, then apply, roll back "
+                                     "and apply again")
     _sigterm_as_interrupt()
-    sink: RehearsalSink = _quiet if json_output else RehearsalRenderer()
-    rehearsal = Rehearsal(loaded, build_target(loaded), sink, keep=keep)
+    recorder = Recorder(_quiet if json_output else RehearsalRenderer())
+    target = build_target(loaded)
+    rehearsal = Rehearsal(loaded, target, recorder, keep=keep)
     report = rehearsal.run()
     document = json.dumps(rehearsal.masker.data(report.to_dict()), indent=2, default=str)
-    _write(report_file, document + "\n")
+    release = build(loaded, target, recorder, rehearsal.masker, command="rehearse",
+                    status="succeeded" if report.passed else "failed",
+                    exit_code=report.exit_code, message="; ".join(report.problems()[:3]),
+                    phases=[asdict(p) for p in report.phases])
+    html_path = write_report(release, report_file, Path(report.artifacts), rehearsal.masker,
+                             document + "\n")
     _write(junit, rehearsal.masker.text(report.to_junit_xml()))
     if json_output:
         print(document)
     else:
         _summary(report)
+        if html_path:
+            out.print(f"release report: {html_path}", soft_wrap=True)
     raise typer.Exit(report.exit_code)

@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from rollout.cli.app import app, out
+from rollout.cli.app import app, flag_option, out
 from rollout.cli.release import PLAN_OR_ENV, _resolve
 from rollout.errors import UsageError
 
@@ -24,7 +24,7 @@ app.add_typer(cron_app, name="cron")
 def restore(
     plan: str = PLAN_OR_ENV,
     file: Path = typer.Argument(..., exists=True, dir_okay=False, help="A custom-format dump."),
-    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+    yes: bool = flag_option("--yes", "-y", help="Do not ask for confirmation."),
 ) -> None:
     """Restore FILE over the plan's database (one transaction; the journal is left alone).
 
@@ -54,7 +54,7 @@ def restore(
 def cron_status(
     plan: str = PLAN_OR_ENV,
     job: str = typer.Option("reset-broadcast-quotas", help="The job name."),
-    json_output: bool = typer.Option(False, "--json", help="One JSON document."),
+    json_output: bool = flag_option("--json", help="One JSON document."),
 ) -> None:
     """The job's schedule and its last runs (pg_cron's job_run_details on Supabase)."""
     from rollout.engine.targets import build_target
@@ -69,6 +69,9 @@ def cron_status(
         out.print(f"no job {job!r} on {loaded.environment}")
         raise typer.Exit(1)
     out.print(f"{job}: '{status['job'].get('schedule')}' UTC → {status['job'].get('function', '')}")
+    if not status.get("runs"):
+        out.print("no runs yet")
+        return
     table = Table("started", "finished", "status", "detail")
     for run in status.get("runs", []):
         table.add_row(str(run.get("started") or run.get("start_time")),

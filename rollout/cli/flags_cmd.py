@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 from rich.table import Table
 
-from rollout.cli.app import app, out
+from rollout.cli.app import app, flag_option, out
 from rollout.cli.release import _load, _resolve
 from rollout.errors import UsageError
 from rollout.paths import project_root
@@ -35,7 +35,7 @@ PLAN_OPT = typer.Option(None, "--plan", help="The plan whose target to use "
                         "(default plans/local.yaml).")
 ENV_OPT = typer.Option(None, "--env", help="Or an environment name: the plan in plans/*.yaml "
                        "with that `environment`.")
-JSON_OPT = typer.Option(False, "--json", help="Print JSON on stdout instead.")
+JSON_OPT = flag_option("--json", help="Print JSON on stdout instead.")
 NAME_ARG = typer.Argument(..., help="The flag's name, e.g. messaging_v2_enabled.",
                           show_default=False)
 
@@ -154,7 +154,7 @@ def set_command(
     percentage: str = typer.Argument(..., help="0–100 (a trailing % is fine).",
                                      show_default=False),
     reason: str = typer.Option(None, "--reason", help="Why: kept in the audit trail."),
-    allow_decrease: bool = typer.Option(False, "--allow-decrease",
+    allow_decrease: bool = flag_option("--allow-decrease",
                                         help="Allow lowering it (takes users out)."),
     plan: str = PLAN_OPT,
     env: str = ENV_OPT,

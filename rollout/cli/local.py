@@ -8,9 +8,9 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.table import Table
 
-from rollout.cli.app import app, out
+from rollout.cli.app import app, flag_option, out
+from rollout.cli.render import table_or_blocks
 
 if TYPE_CHECKING:
     from rollout.adapters.local_stack.stack import LocalStack
@@ -31,8 +31,8 @@ app.add_typer(local_app, name="local")
 
 @local_app.command()
 def up(
-    with_functions: bool = typer.Option(
-        False, "--with-functions", help="Also deploy every function under functions/."
+    with_functions: bool = flag_option(
+        "--with-functions", help="Also deploy every function under functions/."
     ),
 ) -> None:
     """Start the stack (idempotent: a second `up` reports the running stack)."""
@@ -58,7 +58,7 @@ def down() -> None:
 
 
 @local_app.command()
-def status(json_output: bool = typer.Option(False, "--json", help="One JSON document.")) -> None:
+def status(json_output: bool = flag_option("--json", help="One JSON document.")) -> None:
     """Each component: pid, port, URL and health. Exit 1 when something is down."""
     stack = _stack()
     rows = stack.status()
@@ -77,10 +77,25 @@ def env() -> None:
         print(f"export {name}={shlex.quote(value)}")
 
 
+def print_still_running() -> None:
+    """The end of a local `apply`: the stack stays up; where it is, its logs, how to stop it."""
+    from pathlib import Path
+
+    stack = _stack()
+    logs = stack.dir / "*.log"
+    if logs.is_relative_to(Path.cwd()):
+        logs = logs.relative_to(Path.cwd())
+    out.print("[bold]the local stack is still running[/bold] (data kept under "
+              f"{stack.dir}):", soft_wrap=True)
+    for row in stack.status():
+        if row.url:
+            out.print(f"  {row.name}: {row.url}", soft_wrap=True, markup=False)
+    out.print(f"  logs: {logs}", soft_wrap=True, markup=False)
+    out.print("  stop it: [bold]rollout local down[/bold]")
+
+
 def _print_status(stack: LocalStack, rows: list[Any] | None = None) -> None:
-    table = Table("component", "pid", "port", "url", "health", "detail")
-    for row in rows if rows is not None else stack.status():
-        health = "[green]up[/green]" if row.healthy else "[red]down[/red]"
-        table.add_row(row.name, str(row.pid or "-"), str(row.port or "-"), row.url, health,
-                      row.detail)
-    out.print(table)
+    table_or_blocks(out, "local stack", ["component", "pid", "port", "health", "detail", "url"], [
+        (row.name, str(row.pid or "-"), str(row.port or "-"),
+         "[green]up[/green]" if row.healthy else "[red]down[/red]", row.detail, row.url)
+        for row in (rows if rows is not None else stack.status())])

@@ -17,7 +17,7 @@ import typer
 from rich.live import Live
 from rich.table import Table
 
-from rollout.cli.app import app, out
+from rollout.cli.app import app, flag_option, out
 from rollout.cli.flags_cmd import ENV_OPT, PLAN_OPT, plan_for
 from rollout.errors import UsageError
 
@@ -33,7 +33,7 @@ check_app = typer.Typer(
 )
 app.add_typer(check_app, name="check")
 
-JSON_OPT = typer.Option(False, "--json", help="One JSON object per sample on stdout.")
+JSON_OPT = flag_option("--json", help="One JSON object per sample on stdout.")
 WATCH_OPT = typer.Option(None, "--watch", metavar="SECONDS",
                          help="Repeat every SECONDS with a live table until Ctrl-C.")
 

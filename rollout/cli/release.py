@@ -3,25 +3,29 @@
 from __future__ import annotations
 
 import json
+import shlex
 import signal
 import sys
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
 import typer
-from rich.table import Table
 
-from rollout.cli.app import app, err, out
+from rollout.cli.app import app, err, flag_option, out
+from rollout.cli.render import table_or_blocks
 from rollout.errors import UsageError
 from rollout.paths import project_root
 
 if TYPE_CHECKING:
     from rollout.cli.render import JsonRenderer
+    from rollout.engine.events import Masker
     from rollout.engine.journal import Journal
     from rollout.engine.plan import Plan
     from rollout.engine.runner import Engine, StepView
+    from rollout.reports.release import Recorder, ReleaseReport
 
 # The engine, its steps and adapters (psycopg, httpx, pydantic, jwt) are imported inside the
 # commands: `rollout --help` and shell completion must not pay for them.
@@ -29,8 +33,12 @@ if TYPE_CHECKING:
 PLAN_ARG = typer.Argument(..., help="A plan file, e.g. plans/local.yaml.", show_default=False)
 PLAN_OR_ENV = typer.Argument(..., show_default=False,
                              help="A plan file, or an environment name from plans/*.yaml.")
-JSON_OPT = typer.Option(False, "--json", help="Print one JSON document on stdout instead.")
-YES_OPT = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation.")
+JSON_OPT = flag_option("--json", help="Print one JSON document on stdout instead.")
+YES_OPT = flag_option("--yes", "-y", help="Do not ask for confirmation.")
+REPORT_OPT = typer.Option(
+    None, "--report", metavar="FILE",
+    help="Write the HTML release report here (FILE.html; its JSON beside it). "
+         "Default: the run's artifacts, .rollout/runs/RUN/report.html.")
 
 STATE_STYLE = {"pending": "[yellow]pending[/yellow]", "applied": "[cyan]applied[/cyan]",
                "changed": "[magenta]changed[/magenta]", "disabled": "[dim]disabled[/dim]",
@@ -62,14 +70,19 @@ def _resolve(plan_or_env: str) -> Plan:
     return matches[0]
 
 
-def _engine(plan: Plan, json_output: bool) -> tuple[Engine, JsonRenderer | None]:
+def _engine(plan: Plan, json_output: bool,
+            recorder: Recorder | None = None) -> tuple[Engine, JsonRenderer | None]:
     from rollout.cli.render import HumanRenderer, JsonRenderer
+    from rollout.engine.events import Sink
     from rollout.engine.notifications import Notifier, compose
     from rollout.engine.runner import Engine
     from rollout.engine.targets import build_target
 
     renderer = JsonRenderer() if json_output else None
-    sink = renderer if renderer is not None else HumanRenderer(out)
+    sink: Sink = renderer if renderer is not None else HumanRenderer(out, str(plan.path))
+    if recorder is not None:
+        recorder.sink = sink
+        sink = recorder
     # Run notifications (Slack, PagerDuty) after the renderer; their failures come back as
     # notices through the engine's emit, masked like every other event.
     notifier = Notifier(plan.model.notifications)
@@ -79,11 +92,14 @@ def _engine(plan: Plan, json_output: bool) -> tuple[Engine, JsonRenderer | None]
     return engine, renderer
 
 
-def _confirm_production(plan: Plan, yes: bool, verb: str) -> None:
+def _confirm_production(plan: Plan, yes: bool, verb: str, listing: Sequence[str] = ()) -> None:
+    """Production asks for its environment name; `listing` (what would change) comes first."""
     if not plan.model.production or yes:
         return
     if not sys.stdin.isatty():
         raise UsageError(f"{plan.path} targets production: pass --yes to {verb} without a prompt")
+    for line in listing:
+        out.print(line, soft_wrap=True, markup=False)
     typed = typer.prompt(f"This will {verb} {plan.name} on PRODUCTION. "
                          f"Type the environment name ({plan.environment}) to continue")
     if typed.strip() != plan.environment:
@@ -126,12 +142,22 @@ def plan_command(
     Steps already applied show as such. A migration whose target is not the database it was
     written for shows `mismatch` and the differences (apply would refuse it). Exit 2 when the
     plan is invalid or a step's target does not match.
-    `rollout plan schema` prints the JSON Schema of plan files (for editors).
+    `rollout plan schema` prints the JSON Schema of plan files (for editors);
+    `rollout plan kinds` lists the step kinds.
     """
     if plan == "schema" and not Path(plan).exists():
         from rollout.engine.plan import plan_json_schema
 
         print(json.dumps(plan_json_schema(), indent=2))
+        return
+    if plan == "kinds" and not Path(plan).exists():
+        from rollout.engine.plan import step_kinds
+
+        kinds = step_kinds()
+        if json_output:
+            print(json.dumps(kinds, indent=2))
+        for name, what in ({} if json_output else kinds).items():
+            out.print(f"[bold]{name}[/bold]  {what}", soft_wrap=True)
         return
     loaded = _load(plan)
     engine, _ = _engine(loaded, json_output)
@@ -142,12 +168,12 @@ def plan_command(
                           "steps": [view.__dict__ for view in views]}, indent=2))
         _exit_on_mismatch(views)
         return
-    table = Table("#", "step", "kind", "state", "on failure", "what it does",
-                  title=f"{loaded.name} → {loaded.environment} ({loaded.model.target.kind})")
-    for i, view in enumerate(views, 1):
-        table.add_row(str(i), view.id, view.kind, STATE_STYLE.get(view.state, view.state),
-                      view.on_failure, engine.masker.text(view.description))
-    out.print(table)
+    table_or_blocks(
+        out, f"{loaded.name} → {loaded.environment} ({loaded.model.target.kind})",
+        ["#", "step", "kind", "state", "on failure", "what it does"],
+        [(str(i), view.id, view.kind,
+          STATE_STYLE.get(view.state, view.state), f"on failure: {view.on_failure}",
+          engine.masker.text(view.description)) for i, view in enumerate(views, 1)])
     for view in views:
         if view.problems:
             err.print(f"[red]{view.id}: the target is not the database this step expects; "
@@ -165,11 +191,12 @@ def _exit_on_mismatch(views: list[StepView]) -> None:
 @app.command()
 def apply(
     plan: str = PLAN_ARG,
-    dry_run: bool = typer.Option(False, "--dry-run", help="Show what would run; change nothing."),
+    dry_run: bool = flag_option("--dry-run", help="Show what would run; change nothing."),
     yes: bool = YES_OPT,
     from_step: str = typer.Option(None, "--from", help="Start at this step id."),
     to_step: str = typer.Option(None, "--to", help="Stop after this step id."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run."),
+    resume: bool = flag_option("--resume", help="Continue the interrupted run."),
+    report_file: str = REPORT_OPT,
     json_output: bool = JSON_OPT,
 ) -> None:
     """Run PLAN: backup, maintenance window, migration, functions, cron, flags, checks.
@@ -177,39 +204,92 @@ def apply(
     Steps already applied are skipped, so running it again is safe. On a failure the plan's
     `on_failure` decides: stop (default), rollback, or continue. Exit codes: 0 done, 1 a step
     failed (stopped or rolled back cleanly), 2 invalid plan or usage, 3 rollback failed.
+    Every run writes an HTML release report (timeline, load test, smoke, §8 checklist).
     """
     from rollout.engine.runner import Options
+    from rollout.paths import state_dir
+    from rollout.reports.release import Recorder, build
 
     loaded = _load(plan)
     if dry_run:
         plan_command(plan, json_output)
         return
     _confirm_production(loaded, yes, "apply")
-    engine, renderer = _engine(loaded, json_output)
+    recorder = Recorder()
+    engine, renderer = _engine(loaded, json_output, recorder)
     _sigterm_as_interrupt()
     approver = None if json_output or not sys.stdin.isatty() else _interactive_approver(engine)
     result = engine.apply(Options(from_step=from_step, to_step=to_step, resume=resume,
                                   approver=approver))  # type: ignore[arg-type]
+    report = build(loaded, engine.target, recorder, engine.masker, command="apply",
+                   status=result.status, exit_code=result.exit_code, message=result.message)
+    path = write_report(report, report_file, state_dir() / "runs" / result.run_id,
+                        engine.masker)
     if renderer is not None:
+        renderer.run["report"] = str(path) if path else None
         print(renderer.document())
+    else:
+        if path:
+            out.print(f"release report: {path}", soft_wrap=True)
+        if loaded.model.target.kind == "local":
+            from rollout.cli.local import print_still_running
+
+            print_still_running()
     raise typer.Exit(result.exit_code)
+
+
+def write_report(report: ReleaseReport, requested: str | None, default_dir: Path,
+                 masker: Masker, json_document: str | None = None) -> Path | None:
+    """The HTML release report and its JSON beside it (`json_document`, else the report's).
+    A report that cannot be written is a warning: the run's result and exit code stand."""
+    from rollout.reports.html import report_paths, write
+
+    html_path, json_path = report_paths(requested, default_dir)
+    try:
+        write(report, html_path, masker, json_path if json_document is None else None)
+        if json_document is not None:
+            json_path.write_text(json_document)
+    except OSError as error:
+        err.print(f"[yellow]could not write the release report: {error}[/yellow]",
+                  soft_wrap=True)
+        return None
+    return html_path
 
 
 @app.command()
 def rollback(
     plan: str = PLAN_ARG,
     to_step: str = typer.Option(None, "--to", help="Undo only the steps after this one."),
+    dry_run: bool = flag_option("--dry-run", help="List what would be undone, newest first; "
+                                                  "change nothing."),
     yes: bool = YES_OPT,
     json_output: bool = JSON_OPT,
 ) -> None:
     """Undo PLAN's applied steps, newest first (functions, cron, flags, migration…).
 
     The maintenance window is always lifted at the end. Exit 3 when a step cannot be undone:
-    the journal (`rollout status`) then says where it stopped.
+    the journal (`rollout status`) then says where it stopped. On production the confirmation
+    lists what will be undone first.
     """
     loaded = _load(plan)
-    _confirm_production(loaded, yes, "roll back")
     engine, renderer = _engine(loaded, json_output)
+    undo = (engine.rollback_preview(to_step)
+            if dry_run or (loaded.model.production and not yes) else [])
+    listing = [f"{i}. undo {p.spec.id} ({p.spec.kind}): "
+               f"{engine.masker.text(p.step.describe())}" for i, p in enumerate(undo, 1)]
+    if dry_run:
+        if json_output:
+            print(json.dumps({"environment": loaded.environment,
+                              "would_undo": [{"step": p.spec.id, "kind": p.spec.kind}
+                                             for p in undo]}, indent=2))
+            return
+        out.print(f"rollback of {loaded.name} on {loaded.environment} would undo "
+                  f"{len(undo)} step(s), newest first" + (":" if undo else "."))
+        for line in listing:
+            out.print(f"  {line}", soft_wrap=True, markup=False)
+        return
+    _confirm_production(loaded, yes, "roll back",
+                        [f"rollback would undo, newest first: {len(undo)} step(s)", *listing])
     _sigterm_as_interrupt()
     from rollout.engine.runner import Options
 
@@ -247,21 +327,21 @@ def status(plan: str = PLAN_OR_ENV, json_output: bool = JSON_OPT) -> None:
                           "last_run": runs[0].__dict__ if runs else None,
                           "lock": holder}, default=str, indent=2))
         return
-    table = Table("step", "kind", "state", "run", "updated", title=loaded.environment)
+    rows = []
     for planned in loaded.steps:
         state = states.get(planned.spec.id)
-        table.add_row(planned.spec.id, planned.spec.kind, state.status if state else "-",
-                      state.run_id[:8] if state else "-",
-                      f"{state.updated_at:%Y-%m-%d %H:%M:%S}" if state else "-")
-    out.print(table)
+        rows.append((planned.spec.id, planned.spec.kind, state.status if state else "-",
+                     f"{state.updated_at:%Y-%m-%d %H:%M:%S}" if state else "-",
+                     f"run {state.run_id}" if state else ""))
+    table_or_blocks(out, loaded.environment, ["step", "kind", "state", "updated", "run"], rows)
     if runs:
         run = runs[0]
-        out.print(f"last run {run.id[:8]}: {run.command} {run.status} by {run.operator}@"
+        out.print(f"last run {run.id}: {run.command} {run.status} by {run.operator}@"
                   f"{run.host} at {run.started_at:%Y-%m-%d %H:%M:%S} UTC"
-                  + (f" — {run.message}" if run.message else ""))
+                  + (f" — {run.message}" if run.message else ""), soft_wrap=True)
     if holder:
-        out.print(f"[yellow]locked by run {str(holder['run_id'])[:8]} ({holder['operator']}@"
-                  f"{holder['host']}) since {holder['since']:%H:%M:%S}[/yellow]")
+        out.print(f"[yellow]locked by run {holder['run_id']} ({holder['operator']}@"
+                  f"{holder['host']}) since {holder['since']:%H:%M:%S}[/yellow]", soft_wrap=True)
 
 
 @app.command()
@@ -273,12 +353,11 @@ def history(plan: str = PLAN_OR_ENV, limit: int = typer.Option(20, help="How man
     if json_output:
         print(json.dumps([r.__dict__ for r in runs], default=str, indent=2))
         return
-    table = Table("run", "command", "status", "operator", "started", "commit", "message")
-    for run in runs:
-        table.add_row(run.id[:8], run.command, run.status, f"{run.operator}@{run.host}",
-                      f"{run.started_at:%Y-%m-%d %H:%M:%S}", (run.git_commit or "-")[:12],
-                      run.message or "")
-    out.print(table)
+    table_or_blocks(out, f"runs on {loaded.environment}",
+                    ["run", "command", "status", "operator", "started", "commit", "message"],
+                    [(run.id, run.command, run.status, f"{run.operator}@{run.host}",
+                      f"{run.started_at:%Y-%m-%d %H:%M:%S}", run.git_commit or "-",
+                      run.message or "") for run in runs])
 
 
 @app.command()
@@ -293,13 +372,13 @@ def approve(
     _, journal = _journal_for(plan)
     found = journal.find_run(run)
     journal.approve(found.id, step, operator_name())
-    out.print(f"approved {step} of run {found.id[:8]} as {operator_name()}")
+    out.print(f"approved {step} of run {found.id} as {operator_name()}")
 
 
 @app.command()
 def unlock(
     plan: str = PLAN_OR_ENV,
-    force: bool = typer.Option(False, "--force", help="Required: ends the holder's session."),
+    force: bool = flag_option("--force", help="Required: ends the holder's session."),
 ) -> None:
     """Free the environment's lock held by a dead or stuck run (shows the holder first)."""
     loaded, journal = _journal_for(plan)
@@ -307,10 +386,11 @@ def unlock(
     if holder is None:
         out.print(f"{loaded.environment} is not locked")
         return
-    out.print(f"held by run {str(holder['run_id'])[:8]} ({holder['operator']}@{holder['host']}, "
-              f"backend pid {holder['pid']}) since {holder['since']}")
+    out.print(f"held by run {holder['run_id']} ({holder['operator']}@{holder['host']}, "
+              f"backend pid {holder['pid']}) since {holder['since']}", soft_wrap=True)
     if not force:
-        err.print("[red]pass --force to end that session and free the lock[/red]")
+        err.print(f"[red]to end that session and free the lock: "
+                  f"{shlex.join(['rollout', 'unlock', plan, '--force'])}[/red]", soft_wrap=True)
         raise typer.Exit(2)
     journal.force_unlock(loaded.environment)
     out.print(f"[green]{loaded.environment} unlocked[/green]")

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import typer
 from rich.table import Table
 
-from rollout.cli.app import app, out
+from rollout.cli.app import app, flag_option, out
 from rollout.cli.release import _resolve
 from rollout.errors import UsageError
 
@@ -36,7 +36,7 @@ def signoff(
         None, "--rehearsed-on-env", metavar="FILE",
         help="NAME=value lines for loading the --rehearsed-on plan (its own DATABASE_URL …), "
              "over the environment."),
-    json_output: bool = typer.Option(False, "--json", help="One JSON document on stdout."),
+    json_output: bool = flag_option("--json", help="One JSON document on stdout."),
 ) -> None:
     """The runbook's §8 sign-off checklist: proven from the journal, or confirmed by a person.
 

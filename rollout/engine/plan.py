@@ -181,6 +181,12 @@ def _relative(path: Path, root: Path) -> str:
         return path.as_posix()
 
 
+def step_kinds() -> dict[str, str]:
+    """Each step kind and the first line of what it does (`rollout plan kinds`)."""
+    return {name: (kind.__doc__ or "").strip().split("\n")[0]
+            for name, kind in sorted(KINDS.items())}
+
+
 def plan_json_schema() -> dict[str, Any]:
     """JSON Schema of plan files, with each step kind's `with` parameters, for editors."""
     schema = PlanModel.model_json_schema(by_alias=True)

@@ -295,7 +295,7 @@ class Rehearsal:
         if not applied:
             return "nothing of the plan is applied", {}
         result = self._engine_run(report, "reset", rollback=True)
-        return (f"rolled back {len(applied)} applied step(s) (run {result.run_id[:8]})",
+        return (f"rolled back {len(applied)} applied step(s) (run {result.run_id})",
                 {"steps": applied})
 
     def _baseline(self, report: RehearsalReport) -> tuple[str, dict[str, Any]]:
@@ -309,7 +309,7 @@ class Rehearsal:
         if not kept:
             return "nothing to prepare: the target's current state is the baseline", {}
         result = self._engine_run(report, "baseline", Options(to_step=kept[-1]))
-        return f"applied {', '.join(kept)} (run {result.run_id[:8]})", {"steps": kept}
+        return f"applied {', '.join(kept)} (run {result.run_id})", {"steps": kept}
 
     def _snapshot(self, report: RehearsalReport) -> tuple[str, dict[str, Any]]:
         self.before = snapshot.catalog(self.target.db_url, self.schemas)
@@ -319,7 +319,7 @@ class Rehearsal:
 
     def _apply(self, report: RehearsalReport) -> tuple[str, dict[str, Any]]:
         result = self._engine_run(report, "apply")
-        return f"run {result.run_id[:8]} {result.status}", {"run": result.run_id}
+        return f"run {result.run_id} {result.status}", {"run": result.run_id}
 
     def _smoke(self, report: RehearsalReport) -> tuple[str, dict[str, Any]]:
         return self._run_smoke(report, "smoke", keep=True)
@@ -342,8 +342,8 @@ class Rehearsal:
         t = self.target
         self.witness = snapshot.write_witness(t.api_url, t.anon_key, t.jwt_secret, t.db_url)
         report.data["witness"] = dict(self.witness)
-        return (f"message {self.witness['message_id'][:8]} and report "
-                f"{self.witness['report_id'][:8]} written through the API"), dict(self.witness)
+        return (f"message {self.witness['message_id']} and report "
+                f"{self.witness['report_id']} written through the API"), dict(self.witness)
 
     def _rows(self) -> dict[str, snapshot.Rows]:
         url = self.target.db_url
@@ -355,7 +355,7 @@ class Rehearsal:
         self.demo_rows = snapshot.owned_rows(self.target.db_url, smoke.demo_cast().user_ids)
         report.data["before_rollback"] = {k: v.summary() for k, v in self.kept_rows.items()}
         result = self._engine_run(report, "rollback", rollback=True)
-        return f"run {result.run_id[:8]} {result.status}", {"run": result.run_id}
+        return f"run {result.run_id} {result.status}", {"run": result.run_id}
 
     def _verify_rollback(self, report: RehearsalReport) -> tuple[str, dict[str, Any]]:
         after = snapshot.catalog(self.target.db_url, self.schemas)
@@ -387,7 +387,7 @@ class Rehearsal:
             problems.append("the witness report is not back in public.reported_messages")
         if problems:
             raise PhaseError(problems, {"run": result.run_id})
-        return (f"run {result.run_id[:8]} {result.status}; every message and report there, "
+        return (f"run {result.run_id} {result.status}; every message and report there, "
                 "reports back in public"), {"run": result.run_id}
 
     def _check_rows(self, report: RehearsalReport, moment: str,

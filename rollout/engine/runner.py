@@ -11,6 +11,7 @@ from __future__ import annotations
 import getpass
 import hashlib
 import os
+import shlex
 import socket
 import subprocess
 import time
@@ -43,6 +44,7 @@ from rollout.steps import StepContext
 
 APPROVAL_POLL_SECONDS = 1.0
 UNDOABLE = ("applied", "partial")  # step states `rollback` undoes
+SUMMARY_LIMIT = 400  # a step's one-line summary: room for a backup's path and its sha256
 
 
 @dataclass
@@ -175,7 +177,8 @@ class Engine:
                 raise UsageError(
                     f"run {interrupted.id[:8]} on {self.plan.environment!r} was interrupted "
                     f"({interrupted.operator}, {interrupted.started_at:%Y-%m-%d %H:%M} UTC)",
-                    hint="continue it with `--resume`, or undo it with `rollout rollback`")
+                    hint=f"continue it with `{self._command('apply', '--resume')}`, or undo it "
+                         f"with `{self._command('rollback')}`")
             deferred = self._preflight(selected)
             if options.resume:
                 journal.set_run_status(run_id, "running", finished=False)
@@ -325,9 +328,8 @@ class Engine:
 
     def rollback(self, to_step: str | None, options: Options) -> RunResult:
         """Undo the applied steps of this plan, newest first, down to (not including) `to_step`."""
-        start = self.plan.index(to_step) + 1 if to_step else 0
-        candidates = [p for p in self.plan.steps[start:]
-                      if p.step.persistent and p.step.reversible]
+        if to_step:
+            self.plan.index(to_step)  # an unknown step is a usage error before anything starts
         self.target.prepare()
         self.masker.add(self.target.secret_values())
         journal = self.journal = Journal(self.target.db_url, self.masker)
@@ -342,8 +344,7 @@ class Engine:
                 journal.set_run_status(interrupted.id, "abandoned",
                                        f"rolled back by run {run_id[:8]}")
             states = journal.states(self.plan.environment)
-            todo = [p for p in reversed(candidates)
-                    if (s := states.get(p.step.id)) and s.status in UNDOABLE]
+            todo = self._undo_order(to_step, states)
             journal.start_run(self._run_info(run_id, "rollback", operator, host))
             self.emit(RunStarted(run_id, "rollback", self.plan.name, self.plan.environment,
                                  self.target.kind, [p.spec.id for p in todo]))
@@ -362,6 +363,26 @@ class Engine:
         self.emit(RunFinished(run_id, "rollback", status, exit_code, time.monotonic() - began,
                               message))
         return RunResult(run_id, status, exit_code, list(self.results), message)
+
+    def rollback_preview(self, to_step: str | None) -> list[PlannedStep]:
+        """What `rollback` would undo now, newest first, read from the journal (no lock, no
+        change: `rollout rollback --dry-run` and the production confirmation show it)."""
+        states: dict[str, StepState] = {}
+        if self.target.reachable():
+            journal = Journal(self.target.db_url, self.masker)
+            try:
+                states = journal.states(self.plan.environment) if journal.exists() else {}
+            finally:
+                journal.close()
+        return self._undo_order(to_step, states)
+
+    def _undo_order(self, to_step: str | None,
+                    states: dict[str, StepState]) -> list[PlannedStep]:
+        """The applied (or partly applied) reversible steps after `to_step`, newest first."""
+        start = self.plan.index(to_step) + 1 if to_step else 0
+        return [p for p in reversed(self.plan.steps[start:])
+                if p.step.persistent and p.step.reversible
+                and (s := states.get(p.step.id)) and s.status in UNDOABLE]
 
     def _rollback_steps(self, run_id: str, todo: list[PlannedStep], operator: str,
                         states: dict[str, StepState] | None = None,
@@ -388,8 +409,9 @@ class Engine:
                 self.emit(StepFinished(step.id, step.kind, "rollback", "failed", seconds,
                                        error=error))
                 raise RollbackFailed(f"rollback of step {step.id} failed: {error}",
-                                     hint="the journal (`rollout status`) shows what was undone; "
-                                          "fix the cause and run `rollout rollback` again") from err
+                                     hint=f"`{self._command('status')}` shows what was undone; "
+                                          f"fix the cause and run `{self._command('rollback')}` "
+                                          "again") from err
             seconds = time.monotonic() - began
             journal.step_succeeded(run_id, self.plan.environment, step.id, step.kind, "rollback",
                                    seconds, detail, ("rolled-back", fingerprint(planned)))
@@ -404,6 +426,10 @@ class Engine:
 
     def approve(self, run_id: str, step_id: str, approver: str) -> None:
         self._journal().approve(run_id, step_id, approver)
+
+    def _command(self, verb: str, *args: str) -> str:
+        """A command for the operator to run, as printed: this plan's file, quoted for a shell."""
+        return shlex.join(["rollout", verb, str(self.plan.path), *args])
 
     def _journal(self) -> Journal:
         assert self.journal is not None, "the journal is opened by apply/rollback"
@@ -446,7 +472,7 @@ class Engine:
                            approver: Callable[[str, str, str, float], None] | None) -> str:
         journal = self._journal()
         self.emit(Notice(f"step {step_id} waits for approval: {message} — approve with "
-                         f"`rollout approve {run_id[:8]} {step_id}`", "warning"))
+                         f"`{self._command('approve', run_id, step_id)}`", "warning"))
         if approver is not None:
             approver(run_id, step_id, message, timeout)
         deadline = time.monotonic() + timeout
@@ -494,7 +520,8 @@ def fingerprint(planned: PlannedStep) -> str:
 
 
 def summarize(detail: dict[str, Any]) -> str:
-    """One short line of a step's detail for tables (long lists are counted, not listed)."""
+    """One line of a step's detail (long lists are counted, not listed); values are never cut:
+    parts beyond SUMMARY_LIMIT are left off with a visible `…(+N)` (the detail has them)."""
     parts = []
     for key, value in detail.items():
         if isinstance(value, list | dict):
@@ -504,4 +531,10 @@ def summarize(detail: dict[str, Any]) -> str:
                 parts.append(f"{key}={len(value)}")
         else:
             parts.append(f"{key}={value}")
-    return " ".join(parts)[:160]
+    # Whole values only: what does not fit is left off visibly (the detail has it all).
+    line = ""
+    for i, part in enumerate(parts):
+        if line and len(line) + len(part) + 1 > SUMMARY_LIMIT:
+            return f"{line} …(+{len(parts) - i})"
+        line = f"{line} {part}" if line else part
+    return line

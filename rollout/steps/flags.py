@@ -19,6 +19,8 @@ class FlagParams(Params):
 
 
 class FlagsSet(Step):
+    """A feature flag's rollout percentage, audited; rollback restores the previous one."""
+
     kind: ClassVar[str] = "flags.set"
     Params = FlagParams
     params: FlagParams

@@ -57,6 +57,8 @@ class PauseParams(Params):
 
 
 class GatePause(Step):
+    """A timed pause (e.g. to watch the dashboards before the next step)."""
+
     kind: ClassVar[str] = "gate.pause"
     Params = PauseParams
     persistent = False
@@ -126,6 +128,8 @@ class AnalysisParams(Params):
 
 
 class GateAnalysis(Step):
+    """Polls a measurement (SQL or HTTP) until its success condition holds, Argo-style."""
+
     kind: ClassVar[str] = "gate.analysis"
     Params = AnalysisParams
     persistent = False

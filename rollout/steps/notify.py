@@ -18,6 +18,8 @@ class NotifyParams(Params):
 
 
 class Notify(Step):
+    """A Slack message; never fails the release."""
+
     kind: ClassVar[str] = "notify"
     Params = NotifyParams
     persistent = False

@@ -27,6 +27,8 @@ class ScheduleParams(Params):
 
 
 class CronSchedule(Step):
+    """A function scheduled by cron (UTC); rollback unschedules it."""
+
     kind: ClassVar[str] = "cron.schedule"
     Params = ScheduleParams
     params: ScheduleParams
