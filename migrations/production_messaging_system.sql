@@ -639,9 +639,17 @@ create trigger direct_conversations_forget_v2
   after delete on public.conversation_participants
   for each row execute function public.direct_conversations_forget_v2();
 drop trigger if exists messages_before_insert_v2 on public.messages;
+-- Fired for API clients' direct inserts, and for any insert whose text is not already trimmed
+-- and 1..1000 characters; the functions' own inserts (normalised text) skip the call.
 create trigger messages_before_insert_v2
   before insert on public.messages
-  for each row execute function public.messages_before_insert_v2();
+  for each row
+  when (current_user in ('authenticated', 'anon') or new.read_by_user_ids is null
+        or new.message_text is null or char_length(new.message_text) not between 1 and 1000
+        -- the white space of normalize_message_text
+        or new.message_text <> pg_catalog.btrim(new.message_text,
+             E'\t\n\u000b\f\r \u0085\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000\ufeff'))
+  execute function public.messages_before_insert_v2();
 drop trigger if exists messages_after_insert_v2 on public.messages;
 create trigger messages_after_insert_v2
   after insert on public.messages
@@ -720,11 +728,18 @@ declare
   v_can_reply boolean;
   v_id uuid;
 begin
-  -- One round of index lookups: both roles, then the pair's conversation and the caller's
-  -- place in it. The advisory lock is only taken to create a pair's first conversation.
-  select lower(s.role), (select lower(r.role) from public.profiles r where r.id = p_recipient_id)
-    into v_sender, v_recipient
-    from public.profiles s where s.id = v_uid;
+  -- One query of index lookups: both roles, the pair's conversation and the caller's place in
+  -- it. The advisory lock is only taken to create a pair's first conversation.
+  -- (A pair's row goes when either participant leaves, so a pair found has both in it.)
+  select lower(s.role), lower(r.role), cp.conversation_id, coalesce(cp.can_reply, true)
+    into v_sender, v_recipient, v_conv, v_can_reply
+    from public.profiles s
+    left join public.profiles r on r.id = p_recipient_id
+    left join public.direct_conversations d
+      on d.user_low = least(v_uid, p_recipient_id) and d.user_high = greatest(v_uid, p_recipient_id)
+    left join public.conversation_participants cp
+      on cp.conversation_id = d.conversation_id and cp.user_id = v_uid
+   where s.id = v_uid;
   if v_sender is null then
     raise exception using errcode = 'PT403', message = 'no profile for the current user';
   end if;
@@ -737,16 +752,16 @@ begin
   if p_show_id is not null and not exists (select 1 from public.shows where id = p_show_id) then
     raise exception using errcode = 'PT404', message = 'show not found';
   end if;
-  select d.conversation_id, coalesce(cp.can_reply, true) into v_conv, v_can_reply
-    from public.direct_conversations d
-    join public.conversation_participants cp
-      on cp.conversation_id = d.conversation_id and cp.user_id = v_uid
-   where d.user_low = least(v_uid, p_recipient_id) and d.user_high = greatest(v_uid, p_recipient_id);
   if v_conv is null then
     perform pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended(
       'dm:' || least(v_uid, p_recipient_id)::text || ':' || greatest(v_uid, p_recipient_id)::text, 0));
-    select d.conversation_id into v_conv from public.direct_conversations d
-     where d.user_low = least(v_uid, p_recipient_id) and d.user_high = greatest(v_uid, p_recipient_id);
+    -- A concurrent first message may have created it meanwhile.
+    select cp.conversation_id, coalesce(cp.can_reply, true) into v_conv, v_can_reply
+      from public.direct_conversations d
+      join public.conversation_participants cp
+        on cp.conversation_id = d.conversation_id and cp.user_id = v_uid
+     where d.user_low = least(v_uid, p_recipient_id)
+       and d.user_high = greatest(v_uid, p_recipient_id);
     if v_conv is null then
       if not public.can_user_send_dm(v_uid, p_recipient_id, p_show_id) then
         raise exception using errcode = 'PT403',
@@ -761,7 +776,8 @@ begin
              p.profile_image_url
         from public.profiles p where p.id in (v_uid, p_recipient_id);
       insert into public.direct_conversations (user_low, user_high, conversation_id)
-      values (least(v_uid, p_recipient_id), greatest(v_uid, p_recipient_id), v_conv);
+      values (least(v_uid, p_recipient_id), greatest(v_uid, p_recipient_id), v_conv)
+      on conflict (user_low, user_high) do update set conversation_id = excluded.conversation_id;
       v_can_reply := true;
     end if;
   end if;

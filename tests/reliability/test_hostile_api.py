@@ -106,8 +106,8 @@ BAD_TOKENS = ("no token, no apikey", "garbage bearer", "basic auth", "alg none",
 # What a deleted user may still get from a read-only function: nothing of anyone's.
 EMPTY_READS = {"can_user_reply": False, "get_user_conversations": [],
                "get_total_unread_count": 0, "get_conversation_messages": [],
-               "current_profile_role": None, "is_admin": False,
-               "is_conversation_participant": False}
+               "current_profile_role": None, "is_admin": False, "is_mvp_dealer": False,
+               "is_show_organizer": False, "is_conversation_participant": False}
 # Answers that hold no one's data: the DM matrix for two given roles (a UI helper), a flag's
 # bucket arithmetic (at 100 % every id is in), text normalisation.
 PURE = {"feature_bucket", "normalize_message_text", "can_user_send_dm", "is_feature_enabled"}
