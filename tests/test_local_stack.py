@@ -169,8 +169,30 @@ def test_taken_port_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
             LocalStack(root).up()
 
 
+def test_the_gateway_honours_each_functions_verify_jwt(stack: LocalStack) -> None:
+    url = f"{stack.api_url}/functions/v1/send-broadcast"
+    stack.deploy_function("send-broadcast", verify_jwt=True)
+    try:
+        for bearer in (None, "garbage", token(stack, exp=int(time.time()) - 10)):
+            headers = {"apikey": stack.secret("anon_key")}
+            if bearer:
+                headers["Authorization"] = f"Bearer {bearer}"
+            refused = httpx.post(url, json={}, headers=headers, timeout=30)
+            assert (refused.status_code, refused.json()) == (401, {"msg": "Invalid JWT"})
+        assert httpx.options(url, timeout=30).status_code in (200, 204)  # preflight passes
+        health = httpx.get(f"{url}/health", timeout=30,
+                           headers={"Authorization": f"Bearer {stack.secret('anon_key')}"})
+        assert health.status_code == 200
+        stack.deploy_function("send-broadcast", verify_jwt=False)
+        reached = httpx.post(url, json={}, timeout=30)
+        assert reached.status_code == 401 and "msg" not in reached.json()  # the function's own
+        assert httpx.get(f"{url}/health", timeout=30).status_code == 200
+    finally:
+        stack.remove_function("send-broadcast")
+
+
 def test_function_bodies_over_a_mebibyte_are_refused_at_the_gateway(stack: LocalStack) -> None:
-    stack.deploy_function("send-broadcast")
+    stack.deploy_function("send-broadcast", verify_jwt=False)
     try:
         response = httpx.post(f"{stack.api_url}/functions/v1/send-broadcast",
                               content=b"x" * (1024 * 1024 + 1), timeout=30)

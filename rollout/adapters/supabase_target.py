@@ -36,8 +36,9 @@ class SupabaseFunctions:
     def __init__(self, api: ManagementAPI) -> None:
         self.api = api
 
-    def deploy(self, names: list[str], functions_dir: Path, keep_dir: Path) -> dict[str, Any]:
-        bundles = collect_bundles(functions_dir.parent, dict.fromkeys(names, True))
+    def deploy(self, functions: dict[str, bool], functions_dir: Path,
+               keep_dir: Path) -> dict[str, Any]:
+        bundles = collect_bundles(functions_dir.parent, functions)
         try:
             record = deploy_all(self.api, bundles, keep_dir)
         except DeployError as err:
@@ -47,7 +48,8 @@ class SupabaseFunctions:
         previous = {p.slug: p.version for p in record.previous}
         return {
             "functions": {d.slug: {"previous_version": previous.get(d.slug),
-                                   "version": d.version, "digest": d.bundle_sha256}
+                                   "version": d.version, "digest": d.bundle_sha256,
+                                   "ezbr_sha256": d.ezbr_sha256, "verify_jwt": d.verify_jwt}
                           for d in record.deployed},
             "record": record.to_dict(),
         }
@@ -108,7 +110,8 @@ class SupabaseTarget:
         self.spec = spec
         self.name = spec["project_ref"]
         self.api = ManagementAPI(spec["project_ref"], spec["access_token"],
-                                 base_url=spec.get("api_url"))
+                                 base_url=spec.get("api_url"),
+                                 max_rate_limit_wait=float(spec.get("rate_limit_wait", 90)))
         self.functions = SupabaseFunctions(self.api)
         self.secrets = SupabaseSecrets(self.api)
         self.scheduler = SupabaseScheduler(spec["database_url"])

@@ -20,7 +20,11 @@ from rollout.errors import StackError, TargetError
 
 
 class Functions(Protocol):
-    def deploy(self, names: list[str], functions_dir: Path, keep_dir: Path) -> dict[str, Any]: ...
+    def deploy(self, functions: dict[str, bool], functions_dir: Path,
+               keep_dir: Path) -> dict[str, Any]:
+        """Deploy each function (name → verify_jwt) and switch them live."""
+        ...
+
     def rollback(self, record: dict[str, Any]) -> dict[str, Any]: ...
     def live(self) -> dict[str, int]: ...
 
@@ -74,14 +78,15 @@ class LocalFunctions:
     def __init__(self, stack: LocalStack) -> None:
         self.stack = stack
 
-    def deploy(self, names: list[str], functions_dir: Path, keep_dir: Path) -> dict[str, Any]:
+    def deploy(self, functions: dict[str, bool], functions_dir: Path,
+               keep_dir: Path) -> dict[str, Any]:
         # Locally every version stays on disk (`.rollout/local/functions/<name>/v<N>`), so the
         # record only names versions; `keep_dir` is for targets that must download the source.
         record: dict[str, Any] = {}
-        for name in names:
+        for name, verify_jwt in functions.items():
             previous = self.stack.deployed().get(name)
             try:
-                worker = self.stack.deploy_function(name, functions_dir)
+                worker = self.stack.deploy_function(name, functions_dir, verify_jwt=verify_jwt)
             except Exception as err:
                 raise TargetError(f"deploying {name} failed: {err}",
                                   partial={"functions": record}) from err
@@ -205,19 +210,47 @@ class LocalTarget:
         return values | set(self.stack.function_secrets().values())
 
 
-def wait_healthy(url: str, timeout: float = 15) -> float:
-    """GET `url` until it answers 200; returns the latency of the good answer in ms."""
+def probe_headers(anon_key: str, jwt_secret: str) -> dict[str, str]:
+    """Headers for probing a function as the platform's gateway expects them.
+
+    `apikey` carries the project's public key (legacy anon JWT or `sb_publishable_…`). A
+    function with `verify_jwt` on is answered 401 before it runs unless `Authorization` holds a
+    JWT: the legacy anon key is one; a publishable key is not (the gateway refuses API keys
+    there), so then a short-lived anon token is signed with the legacy JWT secret when the plan
+    has it. Without either, no `Authorization` is sent (fine for `verify_jwt: false`).
+    """
+    headers = {"apikey": anon_key} if anon_key else {}
+    if anon_key.startswith("eyJ") and anon_key.count(".") == 2:
+        headers["authorization"] = f"Bearer {anon_key}"
+    elif jwt_secret:
+        import jwt
+
+        now = int(time.time())
+        token = jwt.encode({"role": "anon", "iat": now, "exp": now + 300}, jwt_secret,
+                           algorithm="HS256")
+        headers["authorization"] = f"Bearer {token}"
+    return headers
+
+
+def wait_healthy(url: str, timeout: float = 15, headers: dict[str, str] | None = None) -> float:
+    """GET `url` until it answers 200; returns the latency of the good answer in ms.
+
+    A 401 ends the wait at once: the gateway refused the credentials, waiting will not help.
+    """
     deadline = time.monotonic() + timeout
     last = "no answer"
     while time.monotonic() < deadline:
         began = time.monotonic()
         try:
-            response = httpx.get(url, timeout=5)
+            response = httpx.get(url, timeout=5, headers=headers)
             if response.status_code == 200:
                 return (time.monotonic() - began) * 1000
             last = f"HTTP {response.status_code}"
+            if response.status_code == 401:
+                raise TargetError(f"{url} refused the probe's credentials (HTTP 401)",
+                                  hint="a verify_jwt function needs a JWT: the legacy anon key "
+                                       "or jwt_secret in the target, or verify_jwt: false")
         except httpx.HTTPError as err:
             last = type(err).__name__
         time.sleep(0.2)
     raise TargetError(f"{url} is not healthy after {timeout:.0f}s ({last})")
-

@@ -44,6 +44,8 @@ class SupabaseTarget(Strict):
     jwt_secret: str = Field("", description="The project's JWT secret, to mint smoke-test tokens.")
     api_url: str | None = Field(None, description="Management API base URL (default: "
                                  "SUPABASE_API_URL or https://api.supabase.com).")
+    rate_limit_wait: float = Field(90, ge=0, le=900, description="Seconds a Management API call "
+                                   "may wait in total for rate limits (429) to clear.")
 
 
 class Notifications(Strict):

@@ -20,6 +20,7 @@ import email.parser
 import email.policy
 import hashlib
 import json
+import math
 import re
 import time
 import uuid
@@ -106,6 +107,10 @@ class FakeSupabase:
         default_factory=lambda: ec.generate_private_key(ec.SECP256R1())
     )
     clock: float = 0.0  # seconds; the API's sleep advances it, so rate-limit windows pass
+    realtime: bool = False  # use the wall clock instead (a fake served to a subprocess)
+    rate_limit: int = RATE_LIMIT
+    window: float = 60.0  # seconds per rate-limit window (the platform's: a minute)
+    rate_limited: int = 0  # how many requests were answered 429
     _windows: dict[str, tuple[int, int]] = field(default_factory=dict)
     _counter: int = 0
 
@@ -193,24 +198,29 @@ class FakeSupabase:
                       request.url.path)
         return f"{request.method} {path}"
 
+    def now(self) -> float:
+        return time.monotonic() if self.realtime else self.clock
+
     def _rate_limited(self, request: httpx.Request) -> httpx.Response | None:
-        """120 per minute per endpoint; over it, 429 for the rest of the minute."""
-        window = int(self.clock // 60)
+        """`rate_limit` per window per endpoint; over it, 429 for the rest of the window."""
+        window = int(self.now() // self.window)
         key = self._endpoint(request)
         start, count = self._windows.get(key, (window, 0))
         count = count + 1 if start == window else 1
         self._windows[key] = (window, count)
-        if count > RATE_LIMIT:
+        if count > self.rate_limit:
+            self.rate_limited += 1
             return httpx.Response(429, json={"message": "Too many requests"})
         return None
 
     def _headers(self, request: httpx.Request, response: httpx.Response) -> dict[str, str]:
         """What real responses carry (recorded): rate-limit counters, cf-ray, no request id."""
-        window, count = self._windows.get(self._endpoint(request), (int(self.clock // 60), 0))
-        reset = 60 - int(self.clock - window * 60)
+        now = self.now()
+        window, count = self._windows.get(self._endpoint(request), (int(now // self.window), 0))
+        reset = math.ceil((window + 1) * self.window - now)
         headers = {
-            "x-ratelimit-limit": str(RATE_LIMIT),
-            "x-ratelimit-remaining": str(max(RATE_LIMIT - count, 0)),
+            "x-ratelimit-limit": str(self.rate_limit),
+            "x-ratelimit-remaining": str(max(self.rate_limit - count, 0)),
             "x-ratelimit-reset": str(reset),
             "x-gotrue-id": "00000000-0000-4000-8000-00000000abcd",
             "cf-ray": cf_ray(self._counter),
@@ -225,6 +235,7 @@ class FakeSupabase:
         """The hosted gateway: 404 for no such function, 401 before a verify_jwt function runs
         without a valid JWT (legacy HS256 or the signing key's ES256), else the function's
         stand-in: `/health` answers 200 and names the bundle hash serving it."""
+        self.requests.append(request)
         slug = request.url.path.split("/")[3]
         stored = self.functions.get(slug)
         if stored is None or stored.status != "ACTIVE":

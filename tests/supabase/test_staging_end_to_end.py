@@ -24,7 +24,8 @@ import psycopg
 import pytest
 
 from rollout.adapters.local_stack.bootstrap import apply_bootstrap
-from tests.supabase.conftest import REF, TOKEN, FakeSupabase
+from rollout.engine.plan import load_plan
+from tests.supabase.conftest import REF, TOKEN, FakeSupabase, parse_deploy_form
 from tests.supabase.test_pg_cron import CronServer, cron_server  # noqa: F401  (fixture)
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,15 +46,12 @@ class Handler(BaseHTTPRequestHandler):
     def _serve(self) -> None:
         length = int(self.headers.get("content-length") or 0)
         body = self.rfile.read(length) if length else b""
-        if self.path.startswith("/functions/v1/"):
-            slug = self.path.split("/")[3]
-            live = slug in self.server.fake.functions
-            self._reply(200 if live else 404, b'{"status":"ok","db":"ok"}' if live else b"{}",
-                        {"content-type": "application/json"})
-            return
         request = httpx.Request(self.command, f"https://api.supabase.com{self.path}",
                                 headers=dict(self.headers.items()), content=body)
-        response = self.server.fake.handle(request)
+        if self.path.startswith("/functions/v1/"):
+            response = self.server.fake.invoke(request)
+        else:
+            response = self.server.fake.handle(request)
         self._reply(response.status_code, response.content, dict(response.headers))
 
     def _reply(self, status: int, body: bytes, headers: dict[str, str]) -> None:
@@ -102,15 +100,30 @@ def run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str
                           capture_output=True, text=True, timeout=300, check=False)
 
 
+def environment(project: str, url: str, state: Path) -> dict[str, str]:
+    return {**os.environ, "ROLLOUT_STATE_DIR": str(state), "ROLLOUT_OPERATOR": "ci",
+            "SUPABASE_PROJECT_REF": REF, "DATABASE_URL": project, "SUPABASE_URL": url,
+            "SUPABASE_API_URL": url, "SUPABASE_ACCESS_TOKEN": TOKEN,
+            "SUPABASE_ANON_KEY": "sb_publishable_staging-rehearsal-0123456789",
+            "SUPABASE_SERVICE_ROLE_KEY": SERVICE_KEY, "SUPABASE_JWT_SECRET": JWT_SECRET,
+            "ROLLOUT_LOAD": "false", "COLUMNS": "200"}
+
+
+def variant(tmp_path: Path, old: str, new: str) -> str:
+    """plans/staging.yaml with one edit, written beside the test's state."""
+    text = (ROOT / "plans" / "staging.yaml").read_text()
+    assert old in text
+    path = tmp_path / "staging-variant.yaml"
+    path.write_text(text.replace(old, new))
+    return str(path)
+
+
 def test_staging_plan_applies_and_rolls_back(project: str, supabase: tuple[FakeSupabase, str],
                                              tmp_path: Path) -> None:
     fake, url = supabase
-    env = {**os.environ, "ROLLOUT_STATE_DIR": str(tmp_path), "ROLLOUT_OPERATOR": "ci",
-           "SUPABASE_PROJECT_REF": REF, "DATABASE_URL": project, "SUPABASE_URL": url,
-           "SUPABASE_API_URL": url, "SUPABASE_ACCESS_TOKEN": TOKEN,
-           "SUPABASE_ANON_KEY": "anon-key-for-the-staging-rehearsal",
-           "SUPABASE_SERVICE_ROLE_KEY": SERVICE_KEY, "SUPABASE_JWT_SECRET": JWT_SECRET,
-           "ROLLOUT_LOAD": "false", "COLUMNS": "200"}
+    fake.jwt_secret = JWT_SECRET
+    fake.realtime, fake.window, fake.rate_limit = True, 2.0, 1  # 429s that clear in 2 s
+    env = environment(project, url, tmp_path)
     applied = run(["apply", "plans/staging.yaml", "--yes", "--json"], env)
     assert applied.returncode == 0, applied.stdout[-3000:] + applied.stderr
     for secret in (TOKEN, SERVICE_KEY, JWT_SECRET):
@@ -118,8 +131,17 @@ def test_staging_plan_applies_and_rolls_back(project: str, supabase: tuple[FakeS
     steps = {s["step_id"]: s["status"] for s in json.loads(applied.stdout)["steps"]}
     assert steps["migrate"] == "succeeded" and steps["deploy-functions"] == "succeeded"
 
-    assert {f.slug: f.status for f in fake.functions.values()} == {
-        "send-broadcast": "ACTIVE", "reset-broadcast-quotas": "ACTIVE"}
+    assert {f.slug: (f.status, f.verify_jwt) for f in fake.functions.values()} == {
+        "send-broadcast": ("ACTIVE", False), "reset-broadcast-quotas": ("ACTIVE", False)}
+    assert any(r.url.path.endswith("/functions/v1/send-broadcast/health") for r in probes(fake))
+    assert fake.rate_limited > 0  # 429s happened and were waited out
+    # What the release fingerprint counts is what was uploaded (deno.lock included).
+    uploaded = {path for r in fake.calls("POST", "functions/deploy")
+                for path in parse_deploy_form(r)[1]}
+    plan = load_plan(ROOT / "plans" / "staging.yaml", env)
+    shipped = {p.relative_to(ROOT).as_posix() for planned in plan.steps
+               if planned.spec.kind == "edge.deploy" for p in planned.step.shipped_files(ROOT)}
+    assert uploaded == shipped and "deno.lock" in uploaded
     assert "JWT_SECRET" in fake.secrets
     with psycopg.connect(project) as conn:
         jobs = conn.execute("select schedule, command from cron.job "
@@ -142,3 +164,63 @@ def test_staging_plan_applies_and_rolls_back(project: str, supabase: tuple[FakeS
         assert conn.execute("select count(*) from cron.job").fetchone() == (0,)
         assert conn.execute("select to_regclass('public.broadcast_quotas')").fetchone() == (None,)
         assert conn.execute("select count(*) from public.messages").fetchone()[0] >= 200  # type: ignore[index]
+
+
+def probes(fake: FakeSupabase) -> list[httpx.Request]:
+    return [r for r in fake.requests if r.url.path.startswith("/functions/v1/")]
+
+
+def test_a_probe_the_platform_would_refuse_fails_the_deploy(
+        project: str, supabase: tuple[FakeSupabase, str], tmp_path: Path) -> None:
+    # verify_jwt on, and the only JWT the probe can sign uses a secret the project does not
+    # accept (it rotated to signing keys): the platform answers 401, the deploy step fails and
+    # is rolled back, and the run says so.
+    fake, url = supabase
+    plan = variant(tmp_path, "{name: send-broadcast, verify_jwt: false,",
+                   "{name: send-broadcast, verify_jwt: true,")
+    applied = run(["apply", plan, "--yes"], environment(project, url, tmp_path))
+    assert applied.returncode == 1, applied.stdout[-3000:] + applied.stderr
+    assert "HTTP 401" in applied.stdout + applied.stderr
+    assert [r.headers.get("authorization", "")[:10] for r in probes(fake)] == ["Bearer eyJ"]
+    assert fake.functions == {}  # the deploy was undone
+
+
+def test_verify_jwt_without_any_jwt_for_the_probe_is_refused_before_anything_changes(
+        project: str, supabase: tuple[FakeSupabase, str], tmp_path: Path) -> None:
+    fake, url = supabase
+    plan = variant(tmp_path, "{name: send-broadcast, verify_jwt: false,",
+                   "{name: send-broadcast, verify_jwt: true,")
+    env = {**environment(project, url, tmp_path), "SUPABASE_JWT_SECRET": ""}
+    plan_text = Path(plan).read_text().replace("  jwt_secret: ${SUPABASE_JWT_SECRET}\n", "")
+    plan_text = plan_text.replace("JWT_SECRET: !secret ${SUPABASE_JWT_SECRET}",
+                                  "RELEASE_CHANNEL: staging")
+    Path(plan).write_text(plan_text)
+    applied = run(["apply", plan, "--yes"], env)
+    assert applied.returncode == 2, applied.stdout[-3000:] + applied.stderr
+    assert "verify_jwt on" in applied.stderr
+    assert fake.calls("POST", "functions/deploy") == []
+
+
+def test_a_rollback_that_leaves_the_new_code_live_does_not_succeed(
+        project: str, supabase: tuple[FakeSupabase, str], tmp_path: Path) -> None:
+    fake, url = supabase
+    for slug in ("send-broadcast", "reset-broadcast-quotas"):
+        fake.seed(slug, {f"functions/{slug}/index.ts": b"Deno.serve(() => new Response());"},
+                  f"functions/{slug}/index.ts", version=7)
+    before = {slug: f.ezbr_sha256 for slug, f in fake.functions.items()}
+    env = environment(project, url, tmp_path)
+    applied = run(["apply", "plans/staging.yaml", "--yes"], env)
+    assert applied.returncode == 0, applied.stdout[-3000:] + applied.stderr
+    released = {slug: f.ezbr_sha256 for slug, f in fake.functions.items()}
+    assert all(released[s] != before[s] for s in before)
+
+    fake.ignore_activation = True  # the platform says 200 to the bulk update, switches nothing
+    back = run(["rollback", "plans/staging.yaml", "--yes"], env)
+    assert back.returncode == 3, back.stdout[-3000:] + back.stderr
+    assert "the release's bundle is still live" in back.stdout + back.stderr
+    assert {s: f.ezbr_sha256 for s, f in fake.functions.items()} == released
+
+    fake.ignore_activation = False  # a person fixes it; the same rollback now completes
+    again = run(["rollback", "plans/staging.yaml", "--yes"], env)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr
+    assert {s: f.ezbr_sha256 for s, f in fake.functions.items()} == before

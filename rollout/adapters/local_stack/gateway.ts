@@ -1,7 +1,10 @@
 // The local stack's API gateway: Supabase's URL layout on 127.0.0.1.
 //
 //   /functions/v1/<name>/...  → the function's own Deno worker (pathname `/<name>/...`, as on
-//                               the hosted edge runtime); 404 when the function is not deployed.
+//                               the hosted edge runtime); 404 when the function is not deployed;
+//                               401 {"msg": "Invalid JWT"} before a function deployed with
+//                               verify_jwt runs, unless `Authorization: Bearer` holds a valid JWT
+//                               (OPTIONS passes), as the hosted gateway does.
 //   /rest/v1/rpc/<fn>         → verifies the bearer JWT (HS256, the local JWT secret), then runs
 //                               `public.<fn>(named args from the JSON body)` in a transaction
 //                               with `set local role <role claim>` and `request.jwt.claims` set,
@@ -39,7 +42,7 @@ const API_ROLES = new Set(["anon", "authenticated", "service_role"]);
 const MAX_BODY = 1024 * 1024;
 const counters = { requests: 0, rpc_errors: 0, function_errors: 0, function_requests: 0 };
 
-type Routes = Record<string, { port: number; version: number }>;
+type Routes = Record<string, { port: number; version: number; verify_jwt?: boolean }>;
 let routesCache: { mtime: number; routes: Routes } = { mtime: -1, routes: {} };
 
 async function routes(): Promise<Routes> {
@@ -198,10 +201,26 @@ async function rpc(req: Request, fn: string): Promise<Response> {
   }
 }
 
+// The hosted gateway's verify_jwt check: a JWT in `Authorization: Bearer` that verifies
+// (API keys in `apikey` do not count).
+async function validJwt(req: Request): Promise<boolean> {
+  const [bearer, token] = (req.headers.get("authorization") ?? "").split(" ");
+  if (bearer !== "Bearer" || !token) return false;
+  try {
+    await jose.jwtVerify(token, secret, { algorithms: ["HS256"] });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 async function proxyFunction(req: Request, name: string, rest: string): Promise<Response> {
   const route = (await routes())[name];
   if (!route) {
     return Response.json({ code: "NOT_FOUND", message: "Requested function was not found" }, { status: 404 });
+  }
+  if (route.verify_jwt !== false && req.method !== "OPTIONS" && !(await validJwt(req))) {
+    return Response.json({ msg: "Invalid JWT" }, { status: 401 });
   }
   counters.function_requests++;
   const url = new URL(req.url);

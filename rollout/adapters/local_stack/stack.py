@@ -7,7 +7,6 @@ copies), and the logs. Every process is started detached and stopped by the pid 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import secrets
@@ -21,6 +20,7 @@ from typing import Any
 import httpx
 import psycopg
 
+from rollout.adapters.function_bundle import collect_bundle
 from rollout.adapters.local_stack.bootstrap import apply_bootstrap
 from rollout.adapters.local_stack.postgres import EmbeddedPostgres, process_alive
 from rollout.adapters.local_stack.processes import (
@@ -42,6 +42,7 @@ class FunctionWorker:
     pid: int
     version: int
     source: str  # the deployed copy's directory
+    verify_jwt: bool = True  # the gateway answers 401 before the function without a valid JWT
 
 
 @dataclass
@@ -158,7 +159,7 @@ class LocalStack:
         self._write_routes()
 
     def _write_routes(self) -> None:
-        routes = {name: {"port": w.port, "version": w.version}
+        routes = {name: {"port": w.port, "version": w.version, "verify_jwt": w.verify_jwt}
                   for name, w in self.state.functions.items()}
         tmp = self.dir / "routes.json.tmp"
         tmp.write_text(json.dumps(routes))
@@ -250,7 +251,8 @@ class LocalStack:
     def deployed(self) -> dict[str, FunctionWorker]:
         return dict(self.state.functions)
 
-    def deploy_function(self, name: str, functions_dir: Path | None = None) -> FunctionWorker:
+    def deploy_function(self, name: str, functions_dir: Path | None = None, *,
+                        verify_jwt: bool = True) -> FunctionWorker:
         """Copy the function's bundle to a new version, start it, switch the route, stop the old."""
         source_root = functions_dir or project_root() / "functions"
         if not (source_root / name / "index.ts").exists():
@@ -260,6 +262,7 @@ class LocalStack:
         target = self.dir / "functions" / name / f"v{version}"
         shutil.rmtree(target, ignore_errors=True)
         copy_bundle(source_root, name, target)
+        (target / "settings.json").write_text(json.dumps({"verify_jwt": verify_jwt}))
         worker = self._start_worker(name, target, version)
         if previous and process_alive(previous.pid):
             stop_pid(previous.pid)
@@ -327,7 +330,12 @@ class LocalStack:
         except StackError:
             stop_pid(pid)
             raise
-        worker = FunctionWorker(port=port, pid=pid, version=version, source=str(bundle))
+        try:
+            settings = json.loads((bundle / "settings.json").read_text())
+        except (OSError, ValueError):
+            settings = {}
+        worker = FunctionWorker(port=port, pid=pid, version=version, source=str(bundle),
+                                verify_jwt=bool(settings.get("verify_jwt", True)))
         self.state.functions[name] = worker
         self._save()
         return worker
@@ -381,24 +389,17 @@ class LocalStack:
 
 
 def copy_bundle(functions_dir: Path, name: str, target: Path) -> None:
-    """A deployable copy: functions/<name>, functions/_shared and the Deno config + lock."""
-    target.mkdir(parents=True)
-    shutil.copytree(functions_dir / name, target / "functions" / name)
-    if (functions_dir / "_shared").exists():
-        shutil.copytree(functions_dir / "_shared", target / "functions" / "_shared")
-    for config in ("deno.json", "deno.lock"):
-        if (functions_dir.parent / config).exists():
-            shutil.copy2(functions_dir.parent / config, target / config)
+    """A deployable copy: exactly the files the hosted deploy uploads (`collect_bundle`)."""
+    bundle = collect_bundle(functions_dir.parent, name)
+    for rel, content in bundle.files.items():
+        path = target / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
 
 
 def bundle_digest(functions_dir: Path, name: str) -> str:
-    """sha256 over the function's files and the shared code, in a stable order."""
-    digest = hashlib.sha256()
-    for folder in (functions_dir / name, functions_dir / "_shared"):
-        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-            digest.update(str(path.relative_to(functions_dir)).encode())
-            digest.update(path.read_bytes())
-    return digest.hexdigest()
+    """The digest of what `copy_bundle` deploys (path and content of every file)."""
+    return collect_bundle(functions_dir.parent, name).sha256
 
 
 def _base_env() -> dict[str, str]:
