@@ -88,6 +88,30 @@ def sign_jwt(payload: dict[str, Any], secret: str) -> str:
     return jwt.encode(payload, secret, algorithm="HS256")
 
 
+SIGNING_KID = "rollout-local-es256"
+
+
+def signing_key_pair() -> dict[str, str]:
+    """A new ES256 signing key (PEM) and the public JWKS that verifies its tokens."""
+    import jwt
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption()).decode()
+    public = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(key.public_key()))
+    jwks = {"keys": [{**public, "kid": SIGNING_KID, "alg": "ES256", "use": "sig"}]}
+    return {"signing_key": pem, "jwks": json.dumps(jwks)}
+
+
+def sign_user_jwt(payload: dict[str, Any], signing_key_pem: str) -> str:
+    """An ES256 user JWT as a project on signing keys issues it."""
+    import jwt
+
+    return jwt.encode(payload, signing_key_pem, algorithm="ES256", headers={"kid": SIGNING_KID})
+
+
 class LocalStack:
     """The embedded default target. `up` is idempotent; `down` leaves no process behind."""
 
@@ -100,20 +124,30 @@ class LocalStack:
     # ---- secrets ---------------------------------------------------------------------------
 
     def _ensure_secrets(self) -> None:
+        """The local project's keys, as a hosted project has them during the key migration:
+        the legacy JWT secret with its anon and service-role JWTs, an ES256 signing key whose
+        public JWKS verifies user tokens, and new API keys (publishable, secret). Each missing
+        one is created (an older stack gains the new ones on its next `up`)."""
         self.secrets_dir.mkdir(parents=True, exist_ok=True)
         self.secrets_dir.chmod(0o700)
-        if (self.secrets_dir / "service_role_key").exists():
-            return
-        jwt_secret = secrets.token_urlsafe(48)
-        now = int(time.time())
-        ten_years = now + 10 * 365 * 24 * 3600
-        values = {
-            "jwt_secret": jwt_secret,
-            "anon_key": sign_jwt({"role": "anon", "iss": "rollout-local", "iat": now,
-                                  "exp": ten_years}, jwt_secret),
-            "service_role_key": sign_jwt({"role": "service_role", "iss": "rollout-local",
-                                          "iat": now, "exp": ten_years}, jwt_secret),
-        }
+        have = {p.name for p in self.secrets_dir.iterdir()}
+        values: dict[str, str] = {}
+        if "service_role_key" not in have:
+            jwt_secret = secrets.token_urlsafe(48)
+            now = int(time.time())
+            ten_years = now + 10 * 365 * 24 * 3600
+            values |= {
+                "jwt_secret": jwt_secret,
+                "anon_key": sign_jwt({"role": "anon", "iss": "rollout-local", "iat": now,
+                                      "exp": ten_years}, jwt_secret),
+                "service_role_key": sign_jwt({"role": "service_role", "iss": "rollout-local",
+                                              "iat": now, "exp": ten_years}, jwt_secret),
+            }
+        if "signing_key" not in have:
+            values |= signing_key_pair()
+        if "secret_key" not in have:
+            values |= {"publishable_key": f"sb_publishable_{secrets.token_urlsafe(24)}",
+                       "secret_key": f"sb_secret_{secrets.token_urlsafe(24)}"}
         for name, value in values.items():
             path = self.secrets_dir / name
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -236,6 +270,9 @@ class LocalStack:
             "GATEWAY_ADDRESS": f"127.0.0.1:{self.state.api_port}",
             "GATEWAY_DB_URL": self.postgres.url("postgres", user="authenticator"),
             "GATEWAY_JWT_SECRET": self.secret("jwt_secret"),
+            "GATEWAY_JWKS": self.secret("jwks"),
+            "GATEWAY_PUBLISHABLE_KEY": self.secret("publishable_key"),
+            "GATEWAY_SECRET_KEY": self.secret("secret_key"),
             "GATEWAY_STATE_DIR": str(self.dir),
         }
         config = ["--config", str(gateway.parent / "deno.json"), "--frozen"]
@@ -305,6 +342,18 @@ class LocalStack:
         with os.fdopen(fd, "w") as handle:
             json.dump(values, handle)
 
+    def platform_env(self) -> dict[str, str]:
+        """What the hosted platform gives every function: keys, the JWKS, and (while the
+        project uses it, as this local project does) the legacy secret as `JWT_SECRET`."""
+        return {
+            "SUPABASE_ANON_KEY": self.secret("anon_key"),
+            "SUPABASE_SERVICE_ROLE_KEY": self.secret("service_role_key"),
+            "SUPABASE_JWKS": self.secret("jwks"),
+            "SUPABASE_PUBLISHABLE_KEYS": json.dumps({"default": self.secret("publishable_key")}),
+            "SUPABASE_SECRET_KEYS": json.dumps({"default": self.secret("secret_key")}),
+            "JWT_SECRET": self.secret("jwt_secret"),
+        }
+
     def _start_worker(self, name: str, bundle: Path, version: int) -> FunctionWorker:
         port = free_port()
         env = {
@@ -313,9 +362,7 @@ class LocalStack:
             "DENO_SERVE_ADDRESS": f"tcp:127.0.0.1:{port}",
             "SUPABASE_URL": self.api_url,
             "SUPABASE_DB_URL": self.db_url,
-            "SUPABASE_ANON_KEY": self.secret("anon_key"),
-            "SUPABASE_SERVICE_ROLE_KEY": self.secret("service_role_key"),
-            "SUPABASE_JWT_SECRET": self.secret("jwt_secret"),
+            **self.platform_env(),
         }
         config: list[str] = []
         if (bundle / "deno.json").exists():
