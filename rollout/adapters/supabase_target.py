@@ -78,15 +78,17 @@ class SupabaseSecrets:
 
 
 class SupabaseScheduler:
-    """pg_cron + pg_net with the project URL and service-role key read from Vault."""
+    """pg_cron + pg_net with the project URL and the function's key read from Vault; status
+    pairs pg_cron's runs with pg_net's HTTP answers."""
 
     def __init__(self, db_url: str) -> None:
         self.db_url = db_url
 
-    def schedule(self, job: str, cron: str, function: str, body: dict[str, Any]) -> str:
+    def schedule(self, job: str, cron: str, function: str, body: dict[str, Any], *,
+                 key_secret: str = "service_role_key") -> str:
         with connect(self.db_url) as conn:
-            pg_cron.check_prerequisites(conn, ["project_url", "service_role_key"])
-            result = pg_cron.schedule_function(conn, job, cron, function, body=body)
+            result = pg_cron.schedule_function(conn, job, cron, function, body=body,
+                                               key_secret=key_secret)
         return str(result.action.value)
 
     def unschedule(self, job: str) -> bool:

@@ -36,9 +36,12 @@ class FunctionSecrets(Protocol):
 
 
 class Scheduler(Protocol):
-    def schedule(self, job: str, cron: str, function: str, body: dict[str, Any]) -> str: ...
+    def schedule(self, job: str, cron: str, function: str, body: dict[str, Any], *,
+                 key_secret: str = "service_role_key") -> str: ...
     def unschedule(self, job: str) -> bool: ...
-    def status(self, job: str) -> dict[str, Any]: ...
+    def status(self, job: str) -> dict[str, Any]:
+        """{"job": …, "runs": [newest first, each with `http_status`/`http_error`]}"""
+        ...
 
 
 class Target(Protocol):
@@ -65,6 +68,16 @@ class Target(Protocol):
     def jwt_secret(self) -> str: ...
     def pg_tool(self, name: str) -> str: ...
     def secret_values(self) -> set[str]: ...
+
+
+def failed_call(run: dict[str, Any]) -> str | None:
+    """Why a cron run's call of the function failed (non-2xx, pg_net error), else None.
+
+    pg_cron's "succeeded" only says the request was queued; the answer is what counts."""
+    code = run.get("http_status")
+    if code is None:
+        return str(run["http_error"]) if run.get("http_error") else None
+    return None if 200 <= int(code) < 300 else f"HTTP {code}"
 
 
 def sha256_text(value: str) -> str:
@@ -138,12 +151,16 @@ class LocalSecrets:
 
 
 class LocalScheduler:
-    """Cron jobs run by the local gateway: each POSTs to a function with the service-role key."""
+    """Cron jobs run by the local gateway: each POSTs to a function with the secret key in
+    `apikey`, and logs the HTTP status it got."""
 
     def __init__(self, stack: LocalStack) -> None:
         self.stack = stack
 
-    def schedule(self, job: str, cron: str, function: str, body: dict[str, Any]) -> str:
+    def schedule(self, job: str, cron: str, function: str, body: dict[str, Any], *,
+                 key_secret: str = "service_role_key") -> str:
+        # The local cron always sends the local project's secret API key (`key_secret` names a
+        # Vault secret, which only hosted projects have).
         jobs = self.stack.schedules()
         wanted = {"name": job, "schedule": cron, "function": function, "body": body}
         existing = next((j for j in jobs if j["name"] == job), None)
@@ -161,7 +178,7 @@ class LocalScheduler:
 
     def status(self, job: str) -> dict[str, Any]:
         found = next((j for j in self.stack.schedules() if j["name"] == job), None)
-        return {"job": found, "runs": self.stack.cron_runs(job)[-10:]}
+        return {"job": found, "runs": self.stack.cron_runs(job)[-10:][::-1]}  # newest first
 
 
 class LocalTarget:

@@ -85,7 +85,8 @@ def project(cron_server: CronServer) -> str:  # noqa: F811
     """The staging project's database as it is today: Supabase roles, the legacy app, Vault."""
     with psycopg.connect(cron_server.url, autocommit=True) as conn:
         conn.execute("select cron.unschedule(jobid) from cron.job")
-        conn.execute("truncate vault.secrets")
+        conn.execute("truncate vault.secrets, net._http_response")
+        conn.execute("delete from cron.job_run_details")
         apply_bootstrap(conn)
         for name in ("legacy_baseline.sql", "local/demo_seed.sql"):
             conn.execute((ROOT / "migrations" / name).read_text().encode())
@@ -155,6 +156,17 @@ def test_staging_plan_applies_and_rolls_back(project: str, supabase: tuple[FakeS
         assert journal and all(s not in (journal[0] or "") for s in (TOKEN, JWT_SECRET))
         assert conn.execute("select count(*) from pg_policies "
                             "where policyname like 'rollout_maintenance_%'").fetchone() == (0,)
+
+    # The nightly call: pg_cron says "succeeded", the function answered 401; status says so.
+    with psycopg.connect(project, autocommit=True) as conn:
+        conn.execute(
+            "insert into cron.job_run_details (jobid, runid, job_pid, database, username, command,"
+            " status, return_message, start_time, end_time) select jobid, 1, 1, 'postgres',"
+            " 'postgres', command, 'succeeded', '1 row', now(), now() from cron.job")
+        conn.execute("insert into net._http_response (id, status_code, created)"
+                     " values (1, 401, clock_timestamp())")
+    cron = run(["cron", "status", "plans/staging.yaml"], env)
+    assert cron.returncode == 1 and "HTTP 401" in cron.stdout, cron.stdout + cron.stderr
 
     back = run(["rollback", "plans/staging.yaml", "--yes"], env)
     assert back.returncode == 0, back.stdout[-3000:] + back.stderr

@@ -374,6 +374,7 @@ async function runJob(job: Job) {
   const started = new Date().toISOString();
   let status = "failed";
   let detail = "";
+  let httpStatus: number | null = null;
   try {
     // As the pg_cron job on hosted: the secret API key in `apikey` (the function checks it).
     const key = await Deno.readTextFile(`${stateDir}/secrets/secret_key`);
@@ -383,12 +384,15 @@ async function runJob(job: Job) {
       body: JSON.stringify(job.body ?? {}),
     });
     detail = `HTTP ${res.status}`;
+    httpStatus = res.status;
     await res.body?.cancel();
     status = res.ok ? "succeeded" : "failed";
   } catch (err) {
     detail = String((err as Error).message ?? err);
   }
-  const line = JSON.stringify({ job: job.name, started, finished: new Date().toISOString(), status, detail });
+  const line = JSON.stringify({
+    job: job.name, started, finished: new Date().toISOString(), status, detail, http_status: httpStatus,
+  });
   await Deno.writeTextFile(`${stateDir}/cron.log`, line + "\n", { append: true });
 }
 
