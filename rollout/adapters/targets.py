@@ -221,7 +221,8 @@ class LocalTarget:
 
     def secret_values(self) -> set[str]:
         try:
-            values = {self.anon_key, self.service_role_key, self.jwt_secret}
+            values = {self.anon_key, self.service_role_key, self.jwt_secret,
+                      self.stack.secret("secret_key"), self.stack.secret("signing_key")}
         except StackError:
             return set()
         return values | set(self.stack.function_secrets().values())
