@@ -68,9 +68,8 @@ FUNCTION_SLUG_RE: Final = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 RESERVED_SECRET_PREFIX: Final = "SUPABASE_"
 MAX_SECRET_NAME: Final = 256
 MAX_SECRET_VALUE: Final = 24576
-# logs.all accepts at most a 24 hour window.
+# The logs endpoint accepts at most a 24 hour window.
 MAX_LOG_WINDOW: Final = timedelta(hours=24)
-_FUNCTION_ID_RE: Final = re.compile(r"^[A-Za-z0-9_-]+$")
 T = TypeVar("T")
 
 
@@ -525,31 +524,29 @@ class ManagementAPI:
     ) -> FunctionStats:
         """Requests and error counts of one function since `since` (at most 24 hours).
 
-        `GET /v1/projects/{ref}/analytics/endpoints/logs.all?sql=…&iso_timestamp_start=…&
-        iso_timestamp_end=…` with a query over `function_edge_logs`, counting responses by
-        status like Studio's `functions.combined-stats` query does. logs.all has no bind
-        parameters, so the only interpolated value (the function id) is checked to be
-        `[A-Za-z0-9_-]+` first.
+        `GET /v1/projects/{ref}/analytics/endpoints/logs?sql=…&iso_timestamp_start=…&
+        iso_timestamp_end=…` (OpenAPI `v1GetProjectLogs`; `logs.all` and its BigQuery SQL were
+        removed on 2026-09-23, changelog 48235): ClickHouse SQL over the unified `logs` table,
+        filtered by `source_name = 'function_edge_logs'`. Each edge log's `event_message` is
+        `METHOD | STATUS | URL`, so the status and the function's URL path come from it. The
+        endpoint has no bind parameters, so the only interpolated value (the slug) is checked
+        against the platform's slug pattern first.
         """
+        _check_slug(slug)
         until = until or datetime.now(UTC)
         since, until = _aware(since), _aware(until)
         if until <= since:
             raise UsageError("function stats window is empty (until <= since)")
         if until - since > MAX_LOG_WINDOW:
-            raise UsageError("function stats window is longer than 24 hours (logs.all limit)")
-        function = self.get_function(slug)
-        if function is None:
-            raise TargetError(f"function {slug} does not exist in project {self.project_ref}")
-        if not _FUNCTION_ID_RE.match(function.id):
-            raise TargetError(f"unexpected function id for {slug}; refusing to build a log query")
+            raise UsageError("function stats window is longer than 24 hours (logs endpoint limit)")
         params = {
-            "sql": function_stats_sql(function.id),
+            "sql": function_stats_sql(slug),
             "iso_timestamp_start": _iso(since),
             "iso_timestamp_end": _iso(until),
         }
         response = self._request(
             "GET",
-            self._path("analytics/endpoints/logs.all"),
+            self._path("analytics/endpoints/logs"),
             what=f"read logs of function {slug}",
             params=params,
         )
@@ -707,16 +704,18 @@ class ManagementAPI:
 # -- helpers (module level: pure, small, testable) ----------------------------------------
 
 
-def function_stats_sql(function_id: str) -> str:
-    """The logs.all query counting one function's invocations by response class."""
+def function_stats_sql(slug: str) -> str:
+    """ClickHouse SQL counting one function's invocations by response class."""
+    if not FUNCTION_SLUG_RE.match(slug):
+        raise UsageError(f"invalid function slug {slug!r}")
+    status = "toUInt16OrZero(trimBoth(splitByString('|', event_message)[2]))"
     return (
-        "select count(*) as requests, "
-        "countif(response.status_code >= 500) as server_errors, "
-        "countif(response.status_code between 400 and 499) as client_errors "
-        "from function_edge_logs as fel "
-        "cross join unnest(fel.metadata) as m "
-        "cross join unnest(m.response) as response "
-        f"where m.function_id = '{function_id}'"
+        "select count() as requests, "
+        f"countIf({status} >= 500) as server_errors, "
+        f"countIf({status} between 400 and 499) as client_errors "
+        "from logs "
+        "where source_name = 'function_edge_logs' "
+        f"and match(event_message, '/functions/v1/{slug}([/?# ]|$)')"
     )
 
 
@@ -884,7 +883,8 @@ def _parse_stats(
     payload = response.json()
     if not isinstance(payload, dict):
         raise TargetError(
-            f"logs.all answered with an unexpected shape (request id {request_id(response)})"
+            "the logs endpoint answered with an unexpected shape "
+            f"(request id {request_id(response)})"
         )
     error = payload.get("error")
     if error:

@@ -97,7 +97,7 @@ class FakeSupabase:
     functions: dict[str, StoredFunction] = field(default_factory=dict)
     staged: dict[tuple[str, str], StoredFunction] = field(default_factory=dict)
     secrets: dict[str, str] = field(default_factory=dict)
-    edge_logs: dict[str, list[int]] = field(default_factory=dict)  # function id → statuses
+    edge_logs: dict[str, list[int]] = field(default_factory=dict)  # function slug → statuses
     requests: list[httpx.Request] = field(default_factory=list)
     faults: list[Callable[[httpx.Request], httpx.Response | None]] = field(default_factory=list)
     body_as_eszip: bool = False
@@ -277,7 +277,7 @@ class FakeSupabase:
             return self._deploy(request)
         if route == "secrets":
             return self._secrets(request)
-        if route == "analytics/endpoints/logs.all" and method == "GET":
+        if route == "analytics/endpoints/logs" and method == "GET":
             return self._logs(request)
         match = re.fullmatch(r"functions/([A-Za-z][A-Za-z0-9_-]*)(/body)?", route)
         if match:
@@ -379,11 +379,16 @@ class FakeSupabase:
         return httpx.Response(405)
 
     def _logs(self, request: httpx.Request) -> httpx.Response:
+        """The ClickHouse logs endpoint: one `logs` table, sources told apart by `source_name`;
+        edge-log rows are `METHOD | STATUS | URL`. Only the query shape used here is understood,
+        anything else answers the endpoint's error shape (`logs.all` itself is gone: 404)."""
         sql = request.url.params.get("sql", "")
-        match = re.search(r"function_id = '([A-Za-z0-9_-]+)'", sql)
-        if "function_edge_logs" not in sql or match is None:
+        slug = re.search(r"match\(event_message, '/functions/v1/([A-Za-z][A-Za-z0-9_-]*)\(", sql)
+        if "from logs " not in sql or "source_name = 'function_edge_logs'" not in sql or not slug:
             return httpx.Response(200, json={"result": [], "error": {"message": "bad query"}})
-        statuses = self.edge_logs.get(match.group(1), [])
+        rows = [f"POST | {s} | https://{REF}.supabase.co/functions/v1/{slug.group(1)}"
+                for s in self.edge_logs.get(slug.group(1), [])]
+        statuses = [int(r.split("|")[1]) for r in rows]
         row = {
             "requests": len(statuses),
             "server_errors": sum(1 for s in statuses if s >= 500),

@@ -602,15 +602,17 @@ def test_base_url_from_env_and_bad_ref(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_function_stats_queries_function_edge_logs(fake: FakeSupabase) -> None:
-    fake.seed("send-broadcast", OLD_FILES, "functions/send-broadcast/index.ts")
-    fn_id = fake.functions["send-broadcast"].id
-    fake.edge_logs[fn_id] = [200] * 95 + [401] * 2 + [500] * 3
+    fake.edge_logs["send-broadcast"] = [200] * 95 + [401] * 2 + [500] * 3
+    fake.edge_logs["send-broadcast-v2"] = [500] * 50  # a longer slug must not be counted
     since = datetime(2026, 1, 1, 10, 0, tzinfo=UTC)
     stats = fake.api().function_stats("send-broadcast", since, since + timedelta(minutes=30))
-    logs = fake.calls("GET", "analytics/endpoints/logs.all")[0]
+    assert fake.calls("GET", "analytics/endpoints/logs.all") == []  # removed 2026-09-23
+    logs = fake.calls("GET", "analytics/endpoints/logs")[0]
     assert logs.url.params["iso_timestamp_start"] == "2026-01-01T10:00:00Z"
     assert logs.url.params["iso_timestamp_end"] == "2026-01-01T10:30:00Z"
-    assert "from function_edge_logs" in logs.url.params["sql"]
+    sql = logs.url.params["sql"]
+    assert "from logs where source_name = 'function_edge_logs'" in sql
+    assert "countIf(" in sql and "unnest" not in sql  # ClickHouse, not BigQuery
     assert (stats.requests, stats.server_errors, stats.client_errors) == (100, 3, 2)
     assert stats.error_rate == pytest.approx(0.03)
     with pytest.raises(UsageError, match="24 hours"):
@@ -622,7 +624,7 @@ def test_function_stats_reports_query_errors(fake: FakeSupabase) -> None:
     fake.faults.append(
         lambda r: (
             httpx.Response(200, json={"error": {"message": "query timed out"}})
-            if "logs.all" in r.url.path
+            if r.url.path.endswith("/analytics/endpoints/logs")
             else None
         )
     )

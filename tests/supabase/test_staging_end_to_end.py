@@ -157,6 +157,12 @@ def test_staging_plan_applies_and_rolls_back(project: str, supabase: tuple[FakeS
         assert conn.execute("select count(*) from pg_policies "
                             "where policyname like 'rollout_maintenance_%'").fetchone() == (0,)
 
+    # `rollout check errors` reads the edge logs from the ClickHouse logs endpoint.
+    fake.edge_logs["send-broadcast"] = [200] * 998 + [500] * 2
+    errors = run(["check", "errors", "--plan", "plans/staging.yaml", "--json"], env)
+    assert errors.returncode == 1, errors.stdout + errors.stderr  # 0.2 % > 0.1 %
+    assert "2 of 1000" in errors.stdout and fake.calls("GET", "analytics/endpoints/logs")
+
     # The nightly call: pg_cron says "succeeded", the function answered 401; status says so.
     with psycopg.connect(project, autocommit=True) as conn:
         conn.execute(
