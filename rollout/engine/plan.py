@@ -60,7 +60,8 @@ class StepSpec(Strict):
     params: dict[str, Any] = Field(default_factory=dict, alias="with")
     description: str | None = None
     when: bool | str | None = Field(
-        None, description="Run only when true (after ${VAR} interpolation).")
+        None, description="Run only when true (after ${VAR} interpolation); `not <value>` "
+        "inverts.")
     on_failure: Literal["rollback", "stop", "continue"] | None = None
 
     @field_validator("id")
@@ -204,6 +205,8 @@ def _truthy(value: bool | str | None, source: yamlsource.Source,
     if value is None or isinstance(value, bool):
         return value is not False
     word = value.strip().lower()
+    if word.startswith("not "):  # `when: not ${FLAG}`: the other branch of the same flag
+        return not _truthy(word[4:], source, loc)
     if word in TRUE_WORDS:
         return True
     if word in FALSE_WORDS:

@@ -138,6 +138,11 @@ class EdgeSecrets(Step):
             parts.append("unset " + ", ".join(sorted(self.params.unset)))
         return "; ".join(parts) or "no change"
 
+    def preflight(self, ctx: StepContext) -> None:
+        empty = sorted(name for name, value in self.params.set.items() if not value)
+        if empty:
+            raise UsageError(f"secret {', '.join(empty)} has no value (is its variable set?)")
+
     def fingerprint(self) -> str:
         digests = {k: sha256_text(v) for k, v in sorted(self.params.set.items())}
         return f"{self.kind}:{digests}:{sorted(self.params.unset)}"

@@ -109,3 +109,21 @@ def test_edge_deploy_ships_exactly_what_is_uploaded() -> None:
     uploaded = {path for name in ("send-broadcast", "reset-broadcast-quotas")
                 for path in collect_bundle(REPO, name).files}
     assert shipped == uploaded and {"deno.json", "deno.lock"} <= shipped
+
+
+def test_the_plan_says_whether_the_legacy_jwt_secret_is_shipped() -> None:
+    from rollout.engine.plan import load_plan
+    from rollout.errors import PlanError
+
+    env = {"SUPABASE_PROJECT_REF": "abcdefghijklmnopqrst", "DATABASE_URL": "postgresql://db/p",
+           "SUPABASE_URL": "https://abcdefghijklmnopqrst.supabase.co",
+           "SUPABASE_ACCESS_TOKEN": "t", "SUPABASE_ANON_KEY": "sb_publishable_x",
+           "SUPABASE_SERVICE_ROLE_KEY": "", "SUPABASE_JWT_SECRET": "legacy-secret"}
+    for legacy, expected in ((None, (True, False)), ("true", (True, False)),
+                             ("false", (False, True))):
+        extra = {} if legacy is None else {"SUPABASE_LEGACY_JWT": legacy}
+        plan = load_plan(REPO / "plans" / "production.yaml", {**env, **extra})
+        enabled = {p.spec.id: p.enabled for p in plan.steps}
+        assert (enabled["function-secrets"], enabled["no-legacy-jwt-secret"]) == expected
+    with pytest.raises(PlanError, match="`when` must be true or false"):
+        load_plan(REPO / "plans" / "production.yaml", {**env, "SUPABASE_LEGACY_JWT": "maybe"})

@@ -205,18 +205,36 @@ def test_a_probe_the_platform_would_refuse_fails_the_deploy(
 
 def test_verify_jwt_without_any_jwt_for_the_probe_is_refused_before_anything_changes(
         project: str, supabase: tuple[FakeSupabase, str], tmp_path: Path) -> None:
+    # A project on signing keys and new API keys: no legacy secret, a publishable key.
     fake, url = supabase
     plan = variant(tmp_path, "{name: send-broadcast, verify_jwt: false,",
                    "{name: send-broadcast, verify_jwt: true,")
-    env = {**environment(project, url, tmp_path), "SUPABASE_JWT_SECRET": ""}
-    plan_text = Path(plan).read_text().replace("  jwt_secret: ${SUPABASE_JWT_SECRET}\n", "")
-    plan_text = plan_text.replace("JWT_SECRET: !secret ${SUPABASE_JWT_SECRET}",
-                                  "RELEASE_CHANNEL: staging")
-    Path(plan).write_text(plan_text)
+    env = {**environment(project, url, tmp_path), "SUPABASE_JWT_SECRET": "",
+           "SUPABASE_LEGACY_JWT": "false"}
     applied = run(["apply", plan, "--yes"], env)
     assert applied.returncode == 2, applied.stdout[-3000:] + applied.stderr
     assert "verify_jwt on" in applied.stderr
     assert fake.calls("POST", "functions/deploy") == []
+
+
+def test_a_project_on_signing_keys_gets_no_legacy_secret(
+        project: str, supabase: tuple[FakeSupabase, str], tmp_path: Path) -> None:
+    # The plan says the project no longer uses the legacy JWT secret: the functions' JWT_SECRET
+    # (left from before) is removed, the deploy and its probes need no JWT (verify_jwt off).
+    fake, url = supabase
+    fake.secrets["JWT_SECRET"] = "the-old-legacy-secret-still-set-on-the-project"
+    env = {**environment(project, url, tmp_path), "SUPABASE_JWT_SECRET": "",
+           "SUPABASE_LEGACY_JWT": "false"}
+    applied = run(["apply", "plans/staging.yaml", "--yes", "--json"], env)
+    assert applied.returncode == 0, applied.stdout[-3000:] + applied.stderr
+    steps = {s["step_id"]: s["status"] for s in json.loads(applied.stdout)["steps"]}
+    assert steps["no-legacy-jwt-secret"] == "succeeded"
+    assert steps["function-secrets"] == "skipped"
+    assert "JWT_SECRET" not in fake.secrets
+    assert all("authorization" not in r.headers for r in probes(fake))
+    assert fake.functions["send-broadcast"].verify_jwt is False
+    back = run(["rollback", "plans/staging.yaml", "--yes"], env)
+    assert back.returncode == 0, back.stdout[-3000:] + back.stderr
 
 
 def test_a_rollback_that_leaves_the_new_code_live_does_not_succeed(
