@@ -127,7 +127,7 @@ def test_staging_plan_applies_and_rolls_back(project: str, supabase: tuple[FakeS
     env = environment(project, url, tmp_path)
     applied = run(["apply", "plans/staging.yaml", "--yes", "--json"], env)
     assert applied.returncode == 0, applied.stdout[-3000:] + applied.stderr
-    for secret in (TOKEN, SERVICE_KEY, JWT_SECRET):
+    for secret in (TOKEN, SERVICE_KEY, JWT_SECRET, url, REF):
         assert secret not in applied.stdout + applied.stderr
     steps = {s["step_id"]: s["status"] for s in json.loads(applied.stdout)["steps"]}
     assert steps["migrate"] == "succeeded" and steps["deploy-functions"] == "succeeded"
