@@ -37,7 +37,7 @@ import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -54,6 +54,8 @@ PG_CRON_SECONDS_VERSION = (1, 5)
 # The exact function the job calls (pg_net's published signature); checking the function
 # rather than only the extension row proves the job's command will resolve.
 HTTP_POST_SIGNATURE = "net.http_post(text,jsonb,jsonb,jsonb,integer)"
+# How much earlier than its run's recorded start a job's pg_net request may be created.
+RUN_START_SLACK = timedelta(seconds=5)
 # cron.job.jobname is of type `name`: PostgreSQL truncates beyond 63 bytes.
 MAX_JOB_NAME_BYTES = 63
 
@@ -545,13 +547,16 @@ def _with_http_responses(
     responses = conn.execute(
         "select created, status_code, timed_out, error_msg from net._http_response"
         " where created >= %s order by created",
-        (min(starts),),
+        (min(starts) - RUN_START_SLACK,),
     ).fetchall()
     paired: list[JobRun] = []
     until: datetime | None = None  # the start of the next (newer) run
     for run in runs:
+        # pg_cron stamps start_time once the command is sent, so under load the job's own
+        # request can be a moment older than its run's start.
+        since = run.start_time - RUN_START_SLACK if run.start_time else None
         match = next(
-            (r for r in responses if run.start_time is not None and r[0] >= run.start_time
+            (r for r in responses if since is not None and r[0] >= since
              and (until is None or r[0] < until)),
             None,
         )
@@ -559,7 +564,7 @@ def _with_http_responses(
             error = "timed out" if match[2] else match[3]
             run = dataclasses.replace(run, http_status=match[1], http_error=error)
         paired.append(run)
-        until = run.start_time or until
+        until = since or until
     return tuple(paired)
 
 
