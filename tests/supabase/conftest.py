@@ -231,10 +231,15 @@ class FakeSupabase:
 
     # -- the function gateway (https://<ref>.supabase.co/functions/v1/<slug>/…) --------------
 
-    def invoke(self, request: httpx.Request) -> httpx.Response:
+    def invoke(
+        self,
+        request: httpx.Request,
+        run: Callable[[StoredFunction, httpx.Request], httpx.Response] | None = None,
+    ) -> httpx.Response:
         """The hosted gateway: 404 for no such function, 401 before a verify_jwt function runs
-        without a valid JWT (legacy HS256 or the signing key's ES256), else the function's
-        stand-in: `/health` answers 200 and names the bundle hash serving it."""
+        without a valid JWT (legacy HS256 or the signing key's ES256), else the function: `run`
+        (a real runtime for the deployed files), or a stand-in whose `/health` answers 200 and
+        names the bundle hash serving it."""
         self.requests.append(request)
         slug = request.url.path.split("/")[3]
         stored = self.functions.get(slug)
@@ -243,6 +248,8 @@ class FakeSupabase:
                                              "message": "Requested function was not found"})
         if request.method != "OPTIONS" and stored.verify_jwt and not self._valid_jwt(request):
             return httpx.Response(401, json={"msg": "Invalid JWT"})
+        if run is not None:
+            return run(stored, request)
         if request.url.path.endswith("/health"):
             return httpx.Response(200, json={"status": "ok", "db": "ok",
                                              "bundle": stored.ezbr_sha256})

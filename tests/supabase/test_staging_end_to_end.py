@@ -1,11 +1,14 @@
 """plans/staging.yaml end to end against a Supabase stand-in: the real CLI, a real PostgreSQL 15
 with pg_cron (what Supabase runs), and the Management API faked at the HTTP boundary.
 
-The fake (tests/supabase/conftest.py) follows the published request/response shapes; here it is
-served over real HTTP on 127.0.0.1 so the CLI subprocess talks to it exactly as it would to
-api.supabase.com. It also answers the deployed functions' health URL, standing in for the
-hosted edge runtime. Everything SQL-side is real: migration, maintenance window, pg_cron job
-reading Vault, flags, journal, rollback.
+The fake (tests/supabase/conftest.py) follows the recorded request/response shapes and rules
+(rate limits, verify_jwt, reserved secrets); here it is served over real HTTP on 127.0.0.1 so
+the CLI subprocess talks to it exactly as it would to api.supabase.com. Its function gateway
+checks verify_jwt as the platform does and then, in the main test, runs the *uploaded files*
+in a real Deno worker with the platform's environment (`SUPABASE_JWKS`, `SUPABASE_SECRET_KEYS`,
+`SUPABASE_DB_URL`, and the project's function secrets), standing in for the hosted edge
+runtime. Everything SQL-side is real: migration, maintenance window, pg_cron job reading Vault,
+flags, journal, rollback.
 """
 
 from __future__ import annotations
@@ -23,18 +26,70 @@ import httpx
 import psycopg
 import pytest
 
+from rollout.adapters import smoke
 from rollout.adapters.local_stack.bootstrap import apply_bootstrap
+from rollout.adapters.local_stack.processes import free_port, spawn, stop_pid, wait_for_port
+from rollout.adapters.local_stack.stack import DENO_NPM_FLAGS, deno_bin
 from rollout.engine.plan import load_plan
-from tests.supabase.conftest import REF, TOKEN, FakeSupabase, parse_deploy_form
+from tests.supabase.conftest import REF, TOKEN, FakeSupabase, StoredFunction, parse_deploy_form
 from tests.supabase.test_pg_cron import CronServer, cron_server  # noqa: F401  (fixture)
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICE_KEY = "service-role-key-for-the-staging-rehearsal-0123456789"
+SECRET_KEY = "sb_secret_staging-rehearsal-0123456789abcdef"
 JWT_SECRET = "staging-jwt-secret-with-at-least-thirty-two-characters"
+
+
+class EdgeRuntime:
+    """The hosted edge runtime, stood in for: each deployed bundle (the files the deploy
+    uploaded, as the fake keeps them) runs in its own Deno worker with what the platform gives
+    a function; a new bundle hash gets a new worker."""
+
+    def __init__(self, fake: FakeSupabase, db_url: str, root: Path) -> None:
+        self.fake, self.db_url, self.root = fake, db_url, root
+        self.workers: dict[tuple[str, str], int] = {}  # (slug, bundle hash) → port
+        self.pids: list[int] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, stored: StoredFunction, request: httpx.Request) -> httpx.Response:
+        with self.lock:
+            port = self._worker(stored)
+        rest = request.url.path.split(f"/functions/v1/{stored.slug}", 1)[1]
+        headers = {k: v for k, v in request.headers.items() if k.lower() != "host"}
+        return httpx.request(request.method, f"http://127.0.0.1:{port}/{stored.slug}{rest}",
+                             headers=headers, content=request.content, timeout=30)
+
+    def _worker(self, stored: StoredFunction) -> int:
+        key = (stored.slug, stored.ezbr_sha256)
+        if key in self.workers:
+            return self.workers[key]
+        bundle = self.root / f"{stored.slug}-{stored.ezbr_sha256[:12]}"
+        for rel, content in stored.files.items():
+            (bundle / rel).parent.mkdir(parents=True, exist_ok=True)
+            (bundle / rel).write_bytes(content)
+        port = free_port()
+        env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "DENO_DIR")}
+        env |= {"DENO_SERVE_ADDRESS": f"tcp:127.0.0.1:{port}", "SUPABASE_DB_URL": self.db_url,
+                "SUPABASE_JWKS": json.dumps(self.fake.jwks()),
+                "SUPABASE_SECRET_KEYS": json.dumps({"default": SECRET_KEY}),
+                **self.fake.secrets}
+        log = bundle / "worker.log"
+        pid = spawn([deno_bin(), "run", *DENO_NPM_FLAGS, "--config", str(bundle / "deno.json"),
+                     "--lock", str(bundle / "deno.lock"), "--frozen",
+                     str(bundle / stored.entrypoint)], env, log, cwd=bundle)
+        self.pids.append(pid)
+        wait_for_port(port, pid, f"function {stored.slug}", log)
+        self.workers[key] = port
+        return port
+
+    def close(self) -> None:
+        for pid in self.pids:
+            stop_pid(pid)
 
 
 class FakeHttp(ThreadingHTTPServer):
     fake: FakeSupabase
+    runtime: EdgeRuntime | None = None
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -49,7 +104,7 @@ class Handler(BaseHTTPRequestHandler):
         request = httpx.Request(self.command, f"https://api.supabase.com{self.path}",
                                 headers=dict(self.headers.items()), content=body)
         if self.path.startswith("/functions/v1/"):
-            response = self.server.fake.invoke(request)
+            response = self.server.fake.invoke(request, self.server.runtime)
         else:
             response = self.server.fake.handle(request)
         self._reply(response.status_code, response.content, dict(response.headers))
@@ -67,17 +122,23 @@ class Handler(BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def supabase() -> Iterator[tuple[FakeSupabase, str]]:
-    fake = FakeSupabase()
+def server() -> Iterator[FakeHttp]:
     server = FakeHttp(("127.0.0.1", 0), Handler)
-    server.fake = fake
+    server.fake = FakeSupabase()
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield fake, f"http://127.0.0.1:{server.server_address[1]}"
+        yield server
     finally:
         server.shutdown()
         server.server_close()
+        if server.runtime is not None:
+            server.runtime.close()
+
+
+@pytest.fixture
+def supabase(server: FakeHttp) -> tuple[FakeSupabase, str]:
+    return server.fake, f"http://127.0.0.1:{server.server_address[1]}"
 
 
 @pytest.fixture
@@ -119,9 +180,15 @@ def variant(tmp_path: Path, old: str, new: str) -> str:
     return str(path)
 
 
-def test_staging_plan_applies_and_rolls_back(project: str, supabase: tuple[FakeSupabase, str],
+def call(url: str, slug: str, headers: dict[str, str], body: object) -> httpx.Response:
+    return httpx.post(f"{url}/functions/v1/{slug}", headers=headers, json=body, timeout=60)
+
+
+def test_staging_plan_applies_and_rolls_back(project: str, server: FakeHttp,
+                                             supabase: tuple[FakeSupabase, str],
                                              tmp_path: Path) -> None:
     fake, url = supabase
+    server.runtime = EdgeRuntime(fake, project, tmp_path / "edge-runtime")
     fake.jwt_secret = JWT_SECRET
     fake.realtime, fake.window, fake.rate_limit = True, 2.0, 1  # 429s that clear in 2 s
     env = environment(project, url, tmp_path)
@@ -156,6 +223,26 @@ def test_staging_plan_applies_and_rolls_back(project: str, supabase: tuple[FakeS
         assert journal and all(s not in (journal[0] or "") for s in (TOKEN, JWT_SECRET))
         assert conn.execute("select count(*) from pg_policies "
                             "where policyname like 'rollout_maintenance_%'").fetchone() == (0,)
+
+    # Smoke the deployed functions as the platform serves them (verify_jwt off, so they
+    # decide): a user token signed by the project's ES256 key and a legacy HS256 one both
+    # send; the nightly reset takes the secret key in apikey and nothing else.
+    cast = smoke.seed_demo(project)
+    body = {"show_id": cast.show_id, "recipient_roles": ["attendee"], "message": "hi"}
+    for legacy in (False, True):
+        bearer = {"Authorization": f"Bearer {fake.user_token(cast.organizer, legacy=legacy)}"}
+        sent = call(url, "send-broadcast", bearer, {**body, "message": f"hi {legacy}"})
+        assert sent.status_code == 200 and sent.json()["message_id"], sent.text
+    forged = fake.user_token(cast.organizer).rsplit(".", 1)[0] + ".AAAA"
+    assert call(url, "send-broadcast", {"Authorization": f"Bearer {forged}"}, body
+                ).status_code == 401
+    assert call(url, "reset-broadcast-quotas", {"apikey": SECRET_KEY}, {}).status_code == 200
+    for wrong in ({"apikey": "sb_publishable_staging-rehearsal-0123456789"},
+                  {"Authorization": f"Bearer {fake.user_token(cast.organizer)}"}):
+        assert call(url, "reset-broadcast-quotas", wrong, {}).status_code in (401, 403)
+    assert server.runtime is not None  # the real functions answered all of the above
+    assert {slug for slug, _ in server.runtime.workers} == {"send-broadcast",
+                                                              "reset-broadcast-quotas"}
 
     # `rollout check errors` reads the edge logs from the ClickHouse logs endpoint.
     fake.edge_logs["send-broadcast"] = [200] * 998 + [500] * 2
