@@ -609,8 +609,9 @@ class ManagementAPI:
                 continue
             status = response.status_code
             if status == 429:
-                wait = rate_limit_wait(response)
-                wait = _backoff(attempt) if wait is None else wait
+                asked = rate_limit_wait(response)
+                # At least half a second, so a `reset: 0` cannot spin; the bound ends it.
+                wait = max(_backoff(attempt) if asked is None else asked, 0.5)
                 if waited + wait > self._max_rate_limit_wait:
                     raise TargetError(
                         f"Supabase Management API rate limit (HTTP 429) while trying to {what}: "

@@ -642,3 +642,13 @@ def test_deploy_all_snapshots_slugs_missing_from_a_given_record(
     assert [(p.slug, p.version) for p in record.previous] == [("send-broadcast", 3)]
     rollback(api, record)
     assert fake.functions["send-broadcast"].files == OLD_FILES
+
+
+def test_429_without_a_usable_wait_ends_at_the_bound(fake: FakeSupabase) -> None:
+    fake.faults.extend(
+        (lambda r: httpx.Response(429, headers={"x-ratelimit-reset": "0"})) for _ in range(100)
+    )
+    sleeps: list[float] = []
+    with pytest.raises(TargetError, match="rate limit"):
+        fake.api(sleeps, max_rate_limit_wait=5).list_functions()
+    assert 0 < len(sleeps) <= 10 and sum(sleeps) <= 5
