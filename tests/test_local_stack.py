@@ -14,7 +14,7 @@ import psycopg
 import pytest
 
 from rollout.adapters.local_stack.postgres import process_alive, shared_dir
-from rollout.adapters.local_stack.stack import LocalStack
+from rollout.adapters.local_stack.stack import LocalStack, sign_user_jwt
 
 SUB = "6f1c2a4e-7d2b-4c1e-9a51-3b0f8e2d9c11"
 PROBE_SQL = """
@@ -46,8 +46,16 @@ def stack() -> Iterator[LocalStack]:
 
 
 def token(stack: LocalStack, **claims: object) -> str:
-    payload = {"sub": SUB, "role": "authenticated", "exp": int(time.time()) + 60, **claims}
+    payload = {"sub": SUB, "role": "authenticated", "aud": "authenticated",
+               "exp": int(time.time()) + 60, **claims}
     return jwt.encode(payload, stack.secret("jwt_secret"), algorithm="HS256")
+
+
+def es256_token(stack: LocalStack, **claims: object) -> str:
+    """A user token as a project on asymmetric signing keys issues it."""
+    payload = {"sub": SUB, "role": "authenticated", "aud": "authenticated",
+               "iat": int(time.time()), "exp": int(time.time()) + 60, **claims}
+    return sign_user_jwt(payload, stack.secret("signing_key"))
 
 
 def rpc(stack: LocalStack, fn: str, body: object, bearer: str | None) -> httpx.Response:
@@ -87,16 +95,82 @@ def unsigned(stack: LocalStack) -> str:
     return f"{part({'alg': 'none', 'typ': 'JWT'})}.{part({'sub': SUB, 'role': 'authenticated'})}."
 
 
+def test_es256_user_tokens_verify_against_the_local_jwks(stack: LocalStack) -> None:
+    response = rpc(stack, "whoami", {"p_note": "es"}, es256_token(stack))
+    assert response.status_code == 200, response.text
+    assert response.json() == {"uid": SUB, "role": "authenticated", "note": "es"}
+
+
+def test_new_api_keys_run_as_anon_and_service_role(stack: LocalStack) -> None:
+    for key, role in (("publishable_key", "anon"), ("secret_key", "service_role")):
+        headers = {"apikey": stack.secret(key)}
+        response = httpx.post(f"{stack.api_url}/rest/v1/rpc/whoami", json={}, headers=headers)
+        assert response.json()["role"] == role
+        headers["Authorization"] = f"Bearer {stack.secret(key)}"  # as supabase-js sends it
+        response = httpx.post(f"{stack.api_url}/rest/v1/rpc/whoami", json={}, headers=headers)
+        assert response.json()["role"] == role
+
+
+def test_get_runs_the_function_read_only_like_postgrest(stack: LocalStack) -> None:
+    before = calls(stack)
+    response = httpx.get(f"{stack.api_url}/rest/v1/rpc/whoami", params={"p_note": "x"},
+                         headers={"apikey": stack.secret("anon_key"),
+                                  "Authorization": f"Bearer {token(stack)}"})
+    assert response.status_code == 405 and response.json()["code"] == "25006"
+    assert calls(stack) == before
+    read = httpx.get(f"{stack.api_url}/rest/v1/rpc/pairs",
+                     headers={"apikey": stack.secret("anon_key"),
+                              "Authorization": f"Bearer {token(stack)}"})
+    assert read.status_code == 200 and len(read.json()) == 3
+
+
+def test_cors_preflight_on_rest_answers_like_hosted(stack: LocalStack) -> None:
+    response = httpx.options(f"{stack.api_url}/rest/v1/rpc/whoami", headers={
+        "Origin": "https://app.example", "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization,apikey,content-type,x-client-info"})
+    assert response.status_code == 200
+    assert response.headers["access-control-allow-origin"] == "*"
+    assert "POST" in response.headers["access-control-allow-methods"]
+    assert "apikey" in response.headers["access-control-allow-headers"]
+    assert response.content == b""
+
+
+def test_rpc_body_reading_stops_at_the_limit(stack: LocalStack) -> None:
+    def chunks() -> Iterator[bytes]:
+        yield b'{"p_note": "'
+        for _ in range(2048):
+            yield b"x" * 1024  # 2 MiB, streamed without a content-length
+        yield b'"}'
+
+    response = httpx.post(f"{stack.api_url}/rest/v1/rpc/whoami", content=chunks(),
+                          headers={"apikey": stack.secret("anon_key"),
+                                   "Authorization": f"Bearer {token(stack)}"}, timeout=30)
+    assert response.status_code == 413 and response.json()["code"] == "PGRST413"
+
+
 @pytest.mark.parametrize("kind", ["unsigned", "expired", "wrong-secret", "garbage",
-                                  "escalated-role"])
+                                  "escalated-role", "future-iat", "role-not-string",
+                                  "wrong-aud", "es256-other-key"])
 def test_bad_tokens_get_401_and_never_reach_the_database(stack: LocalStack, kind: str) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    other = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()).decode()
     bad = {
         "unsigned": unsigned(stack),
-        "expired": token(stack, exp=int(time.time()) - 10),
+        "expired": token(stack, exp=int(time.time()) - 40),
         "wrong-secret": jwt.encode({"sub": SUB, "role": "authenticated"}, "not-the-secret" * 3,
                                    algorithm="HS256"),
         "garbage": "not.a.jwt",
         "escalated-role": token(stack, role="postgres"),
+        "future-iat": token(stack, iat=int(time.time()) + 120),
+        "role-not-string": token(stack, role=["authenticated"]),
+        "wrong-aud": token(stack, aud="somebody-else"),
+        "es256-other-key": sign_user_jwt({"sub": SUB, "role": "authenticated",
+                                          "aud": "authenticated",
+                                          "exp": int(time.time()) + 60}, other),
     }[kind]
     before = calls(stack)
     response = rpc(stack, "whoami", {}, bad)
@@ -130,7 +204,7 @@ def test_up_again_reports_the_running_stack(stack: LocalStack) -> None:
 
 
 def test_secrets_are_owner_only(stack: LocalStack) -> None:
-    for name in ("jwt_secret", "anon_key", "service_role_key"):
+    for name in ("jwt_secret", "anon_key", "service_role_key", "signing_key", "secret_key"):
         assert (stack.secrets_dir / name).stat().st_mode & 0o077 == 0
     assert stack.secrets_dir.stat().st_mode & 0o077 == 0
 
@@ -169,8 +243,32 @@ def test_taken_port_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
             LocalStack(root).up()
 
 
+def test_the_gateway_honours_each_functions_verify_jwt(stack: LocalStack) -> None:
+    url = f"{stack.api_url}/functions/v1/send-broadcast"
+    stack.deploy_function("send-broadcast", verify_jwt=True)
+    try:
+        for bearer in (None, "garbage", token(stack, exp=int(time.time()) - 40),
+                       stack.secret("publishable_key")):
+            headers = {"apikey": stack.secret("anon_key")}
+            if bearer:
+                headers["Authorization"] = f"Bearer {bearer}"
+            refused = httpx.post(url, json={}, headers=headers, timeout=30)
+            assert (refused.status_code, refused.json()) == (401, {"msg": "Invalid JWT"})
+        assert httpx.options(url, timeout=30).status_code in (200, 204)  # preflight passes
+        for jwt_ in (stack.secret("anon_key"), es256_token(stack)):
+            health = httpx.get(f"{url}/health", timeout=30,
+                               headers={"Authorization": f"Bearer {jwt_}"})
+            assert health.status_code == 200
+        stack.deploy_function("send-broadcast", verify_jwt=False)
+        reached = httpx.post(url, json={}, timeout=30)
+        assert reached.status_code == 401 and "msg" not in reached.json()  # the function's own
+        assert httpx.get(f"{url}/health", timeout=30).status_code == 200
+    finally:
+        stack.remove_function("send-broadcast")
+
+
 def test_function_bodies_over_a_mebibyte_are_refused_at_the_gateway(stack: LocalStack) -> None:
-    stack.deploy_function("send-broadcast")
+    stack.deploy_function("send-broadcast", verify_jwt=False)
     try:
         response = httpx.post(f"{stack.api_url}/functions/v1/send-broadcast",
                               content=b"x" * (1024 * 1024 + 1), timeout=30)

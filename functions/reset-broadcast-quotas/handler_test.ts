@@ -6,7 +6,9 @@ import {
   FakeDb,
   pgError,
   serviceToken,
+  TEST_JWKS,
   TEST_SECRET,
+  TEST_SECRET_KEY,
   unsignedToken,
   userToken,
 } from "../tests/helpers.ts";
@@ -16,7 +18,8 @@ const BASE = "http://127.0.0.1/reset-broadcast-quotas";
 const STATS = { reset_rows: 4, quota_day: "2025-01-01" };
 
 function setup(db = new FakeDb(STATS)) {
-  return { db, handle: createHandler({ verify: createVerifier({ jwtSecret: TEST_SECRET }), db }) };
+  const verify = createVerifier({ jwtSecret: TEST_SECRET, jwks: TEST_JWKS });
+  return { db, handle: createHandler({ verify, secretKeys: [TEST_SECRET_KEY], db }) };
 }
 
 function post(handle: (r: Request) => Promise<Response>, token?: string) {
@@ -33,6 +36,22 @@ Deno.test("reset: service role → 200 with the SQL stats, one call as service_r
   assert.equal(db.calls[0].role, "service_role");
   assert.equal(db.calls[0].text, "select public.reset_broadcast_quotas() as result");
   assert.deepEqual(db.calls[0].params, []);
+});
+
+Deno.test("reset: the secret key in apikey (as the pg_cron job sends it) → 200", async () => {
+  const { db, handle } = setup();
+  const res = await handle(
+    new Request(BASE, { method: "POST", headers: { apikey: TEST_SECRET_KEY }, body: "{}" }),
+  );
+  assert.equal(res.status, 200);
+  assert.deepEqual(await res.json(), STATS);
+  assert.equal(db.calls[0].role, "service_role");
+  const wrong = await handle(
+    new Request(BASE, { method: "POST", headers: { apikey: "sb_secret_nope" }, body: "{}" }),
+  );
+  assert.equal(wrong.status, 401);
+  await wrong.body?.cancel();
+  assert.equal(db.calls.length, 1);
 });
 
 Deno.test("reset: no / unsigned / forged / expired token → 401", async () => {

@@ -8,9 +8,10 @@ import { loadConfig } from "../_shared/config.ts";
 import { createDb } from "../_shared/db.ts";
 import { createHandler, FUNCTION_NAME } from "./handler.ts";
 
-const config = loadConfig(FUNCTION_NAME);
+const config = loadConfig(FUNCTION_NAME, "server");
 const handler = createHandler({
   verify: createVerifier(config),
+  secretKeys: config.secretKeys,
   db: createDb(config.dbUrl, FUNCTION_NAME),
 });
 

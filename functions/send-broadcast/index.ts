@@ -8,7 +8,7 @@ import { loadConfig } from "../_shared/config.ts";
 import { createDb } from "../_shared/db.ts";
 import { createHandler, FUNCTION_NAME } from "./handler.ts";
 
-const config = loadConfig(FUNCTION_NAME);
+const config = loadConfig(FUNCTION_NAME, "users");
 const handler = createHandler({
   verify: createVerifier(config),
   db: createDb(config.dbUrl, FUNCTION_NAME),

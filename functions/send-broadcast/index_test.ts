@@ -44,7 +44,7 @@ Deno.test("send-broadcast process: listens on DENO_SERVE_ADDRESS; dead database 
       NO_COLOR: "1",
       DENO_SERVE_ADDRESS: `tcp:127.0.0.1:${port}`,
       SUPABASE_DB_URL: `postgresql://postgres@127.0.0.1:${deadDb}/postgres?sslmode=disable`,
-      SUPABASE_JWT_SECRET: "process-test-secret-process-test-secret",
+      JWT_SECRET: "process-test-secret-process-test-secret",
     },
     stdin: "null",
     stdout: "null",

@@ -1,6 +1,6 @@
 /** Test helpers shared by the unit and integration tests: JWT minting and a recording Db. */
 
-import { SignJWT } from "npm:jose@6.1.0";
+import { exportJWK, generateKeyPair, type JSONWebKeySet, SignJWT } from "npm:jose@6.1.0";
 import type { Claims } from "../_shared/auth.ts";
 import type { Db, DbRole } from "../_shared/db.ts";
 
@@ -14,12 +14,37 @@ export async function signToken(
   secret: string = TEST_SECRET,
   expiresIn: string | number = "1h",
 ): Promise<string> {
+  const jwt = new SignJWT(claims).setProtectedHeader({ alg: "HS256", typ: "JWT" });
+  if (claims.iat === undefined) jwt.setIssuedAt();
+  return await jwt.setExpirationTime(expiresIn).sign(enc.encode(secret));
+}
+
+/** The project's asymmetric signing key (ES256) and the JWKS the platform gives functions. */
+const SIGNING = await generateKeyPair("ES256", { extractable: true });
+export const TEST_KID = "test-es256";
+export const TEST_JWKS: JSONWebKeySet = {
+  keys: [{ ...(await exportJWK(SIGNING.publicKey)), kid: TEST_KID, alg: "ES256", use: "sig" }],
+};
+
+/** An ES256 token as Auth issues it once the project rotated to signing keys. */
+export async function es256Token(
+  claims: Record<string, unknown>,
+  key: CryptoKey = SIGNING.privateKey,
+  expiresIn: string | number = "1h",
+): Promise<string> {
   return await new SignJWT(claims)
-    .setProtectedHeader({ alg: "HS256", typ: "JWT" })
+    .setProtectedHeader({ alg: "ES256", typ: "JWT", kid: TEST_KID })
     .setIssuedAt()
     .setExpirationTime(expiresIn)
-    .sign(enc.encode(secret));
+    .sign(key);
 }
+
+export function es256UserToken(sub: string): Promise<string> {
+  return es256Token({ sub, role: "authenticated", aud: "authenticated" });
+}
+
+/** A secret API key as `SUPABASE_SECRET_KEYS` holds it. */
+export const TEST_SECRET_KEY = "sb_secret_unit-test-0123456789abcdef";
 
 export function userToken(sub: string, secret: string = TEST_SECRET): Promise<string> {
   return signToken({ sub, role: "authenticated", aud: "authenticated" }, secret);
@@ -32,7 +57,11 @@ export function serviceToken(secret: string = TEST_SECRET): Promise<string> {
 /** A token that expired an hour ago (well past any clock tolerance). */
 export function expiredToken(sub: string, secret: string = TEST_SECRET): Promise<string> {
   const past = Math.floor(Date.now() / 1000) - 3600;
-  return signToken({ sub, role: "authenticated", iat: past - 60 }, secret, past);
+  return signToken(
+    { sub, role: "authenticated", aud: "authenticated", iat: past - 60 },
+    secret,
+    past,
+  );
 }
 
 function b64url(value: unknown): string {

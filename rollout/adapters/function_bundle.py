@@ -2,7 +2,10 @@
 
 What is uploaded mirrors the Supabase CLI's API deploy (`pkg/function/deploy.go` `writeForm`):
 the entrypoint and every local module it reaches through relative imports (so the
-`functions/_shared/*.ts` a function imports travel with it), plus the import map. We also take
+`functions/_shared/*.ts` a function imports travel with it), plus the import map and the
+`deno.lock` beside it (the CLI leaves the lock out; we send it so that what the release
+fingerprint counts is exactly what is uploaded, and the npm versions it pins travel along).
+The local stack deploys the same files, so local and hosted run the same bundle. We also take
 every other source file of the function's own directory, so a module loaded dynamically is not
 lost. Paths are relative to the repository root, POSIX style (`functions/<name>/index.ts`), as
 the CLI sends paths relative to the project directory.
@@ -30,6 +33,7 @@ FUNCTIONS_DIR: Final = "functions"
 SHARED_DIR: Final = "_shared"
 DEFAULT_ENTRYPOINT: Final = "index.ts"
 IMPORT_MAP_NAMES: Final = ("deno.json",)
+LOCK_NAME: Final = "deno.lock"
 SOURCE_SUFFIXES: Final = frozenset({".ts", ".tsx", ".js", ".jsx", ".mjs", ".mts", ".json", ".wasm"})
 _TEST_FILE_RE: Final = re.compile(r"(^|[._])test\.(ts|tsx|js|jsx|mjs|mts)$")
 
@@ -85,6 +89,10 @@ def collect_bundle(
         _walk_imports(root, path, aliases, files)
     if import_map_path:
         files[import_map_path] = (root / import_map_path).read_bytes()
+        # The lock beside the import map pins the npm modules: it ships with the bundle.
+        lock = posixpath.join(posixpath.dirname(import_map_path), LOCK_NAME)
+        if (root / lock).is_file():
+            files[lock] = (root / lock).read_bytes()
     return FunctionBundle(
         slug=name,
         entrypoint_path=entry,

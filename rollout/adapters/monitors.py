@@ -17,7 +17,7 @@ import httpx
 import psycopg
 
 from rollout.adapters.database import connect
-from rollout.adapters.targets import Target
+from rollout.adapters.targets import Target, probe_headers
 from rollout.errors import RolloutError, UsageError
 
 HEALTH_FUNCTION = "send-broadcast"
@@ -116,12 +116,11 @@ def function_health(target: Target, function: str = HEALTH_FUNCTION,
 
 
 def _api_headers(target: Target) -> dict[str, str]:
-    # Hosted functions verify a JWT by default; the anon key is what a synthetic check sends.
+    # What the gateway needs to let a synthetic check through (see `probe_headers`).
     try:
-        key = target.anon_key
+        return probe_headers(target.anon_key, target.jwt_secret)
     except RolloutError:
-        key = ""
-    return {"apikey": key, "authorization": f"Bearer {key}"} if key else {}
+        return {}
 
 
 # ---- error rate ---------------------------------------------------------------------------

@@ -17,15 +17,27 @@ pg_cron facts relied on (pg_cron README and regression tests, citusdata/pg_cron)
   on `'[1-59] seconds'`. The parser stops after the fifth field, so a six-field expression
   (seconds first, Quartz/Spring style) is *accepted and silently misread*: we refuse it here.
 - Runs are logged in `cron.job_run_details` (1.3+), times in UTC.
+
+pg_net is asynchronous: `net.http_post` only queues the request, so pg_cron records "succeeded"
+even when the function answered 401. The answer lands in `net._http_response` (status code,
+timed out, error message; kept six hours by default) keyed by the request id, which pg_cron does
+not keep, so `job_status` pairs each run with the first response created after it started and
+before the next run (a job is this project's only pg_net caller at 02:00; other pg_net traffic
+in the same seconds could be mistaken for it, which the report says).
+
+The job sends the key in `apikey` (not `Authorization`): the function is deployed with
+verify_jwt off and checks the key itself. The Vault secret named by `key_secret` holds a secret
+API key (`sb_secret_…`), or, while the project still uses them, the legacy service-role JWT.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -42,6 +54,8 @@ PG_CRON_SECONDS_VERSION = (1, 5)
 # The exact function the job calls (pg_net's published signature); checking the function
 # rather than only the extension row proves the job's command will resolve.
 HTTP_POST_SIGNATURE = "net.http_post(text,jsonb,jsonb,jsonb,integer)"
+# How much earlier than its run's recorded start a job's pg_net request may be created.
+RUN_START_SLACK = timedelta(seconds=5)
 # cron.job.jobname is of type `name`: PostgreSQL truncates beyond 63 bytes.
 MAX_JOB_NAME_BYTES = 63
 
@@ -102,6 +116,15 @@ class JobRun:
     start_time: datetime | None
     end_time: datetime | None
     return_message: str | None
+    http_status: int | None = None  # what the function answered (pg_net's `_http_response`)
+    http_error: str | None = None  # pg_net's error message, or "timed out"
+
+    @property
+    def called_ok(self) -> bool | None:
+        """Whether the function answered 2xx (None while no answer is known)."""
+        if self.http_status is None:
+            return False if self.http_error else None
+        return 200 <= self.http_status < 300
 
 
 @dataclass(frozen=True)
@@ -287,7 +310,7 @@ def edge_function_command(
         " || {path},\n"
         "    headers := jsonb_build_object(\n"
         "      'Content-Type', 'application/json',\n"
-        "      'Authorization', 'Bearer ' || (select decrypted_secret from vault.decrypted_secrets"
+        "      'apikey', (select decrypted_secret from vault.decrypted_secrets"
         " where name = {key})\n"
         "    ),\n"
         "    body := {body}::jsonb,\n"
@@ -504,9 +527,45 @@ def job_status(conn: psycopg.Connection[Any], job_name: str, last_runs: int = 10
                     (job.job_id, last_runs),
                 )
             )
+        runs = _with_http_responses(conn, runs)
     except psycopg.Error as exc:
         raise TargetError(f"could not read cron.job_run_details: {_pg_message(exc)}") from None
     return JobStatus(job=job, runs=runs, next_run=next_run_after(job.schedule, datetime.now(UTC)))
+
+
+def _with_http_responses(
+    conn: psycopg.Connection[Any], runs: tuple[JobRun, ...]
+) -> tuple[JobRun, ...]:
+    """Each run with the pg_net answer that followed it (runs are newest first)."""
+    starts = [r.start_time for r in runs if r.start_time is not None]
+    if not starts:
+        return runs
+    found = conn.execute("select pg_catalog.to_regclass('net._http_response') is not null")
+    row = found.fetchone()
+    if not (row and row[0]):
+        return runs
+    responses = conn.execute(
+        "select created, status_code, timed_out, error_msg from net._http_response"
+        " where created >= %s order by created",
+        (min(starts) - RUN_START_SLACK,),
+    ).fetchall()
+    paired: list[JobRun] = []
+    until: datetime | None = None  # the start of the next (newer) run
+    for run in runs:
+        # pg_cron stamps start_time once the command is sent, so under load the job's own
+        # request can be a moment older than its run's start.
+        since = run.start_time - RUN_START_SLACK if run.start_time else None
+        match = next(
+            (r for r in responses if since is not None and r[0] >= since
+             and (until is None or r[0] < until)),
+            None,
+        )
+        if match is not None:
+            error = "timed out" if match[2] else match[3]
+            run = dataclasses.replace(run, http_status=match[1], http_error=error)
+        paired.append(run)
+        until = since or until
+    return tuple(paired)
 
 
 def _check_job_name(job_name: str) -> None:

@@ -11,11 +11,17 @@ Behaviour shared by every call:
 - Bearer auth with the personal access token; the token is never part of a message, a log line
   or a `repr` (it is scrubbed from error text too, in case an upstream echoes it).
 - Timeouts everywhere: 10 s to connect, 60 s to read/write.
-- Retries with exponential backoff (and `Retry-After` when the API sends it) on 429, 5xx and
-  transport errors. Every call is retried, the deploy upload included: the CLI does the same
-  (`batch.go` wraps upserts in backoff), and uploading the same files twice only costs a version.
+- Reads (GET) are retried with exponential backoff on 5xx and transport errors.
+- Writes are never retried blindly (the Terraform provider "retries transient GET failures
+  only"; a second deploy upload can create a second version): after a 5xx or a timeout the
+  caller's `applied` check reads the state back, and the write is sent again only when the state
+  shows it did not happen (`_write`).
+- A 429 means the request was refused, so any call waits and tries again: for `Retry-After`
+  when present, else `X-RateLimit-Reset` (seconds until the per-minute window resets, as the
+  recorded responses show), as long as the total wait stays within `max_rate_limit_wait`.
 - Every error names the HTTP status and the request id the API returned (`x-request-id`,
-  `sb-request-id` or `cf-ray`), so a support ticket can be filed from the one red line.
+  `sb-request-id` or `cf-ray`; real responses carry only `cf-ray`), so a support ticket can be
+  filed from the one red line.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import email.policy
 import hashlib
 import json
 import os
+import random
 import re
 import time
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
@@ -33,11 +40,10 @@ from datetime import UTC, datetime, timedelta
 from email.message import Message
 from email.utils import parsedate_to_datetime
 from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final, Self, TypeVar
 from urllib.parse import urlparse
 
 import httpx
-import tenacity
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from rollout.errors import TargetError, UsageError
@@ -48,9 +54,11 @@ TOKEN_ENV: Final = "SUPABASE_ACCESS_TOKEN"
 
 TIMEOUT: Final = httpx.Timeout(60.0, connect=10.0)
 REQUEST_ID_HEADERS: Final = ("x-request-id", "sb-request-id", "cf-ray")
-RETRY_STATUSES: Final = frozenset({429, 500, 502, 503, 504})
+RETRY_STATUSES: Final = frozenset({500, 502, 503, 504})
 MAX_ATTEMPTS: Final = 5
-MAX_RETRY_AFTER_SECONDS: Final = 60.0
+WRITE_ATTEMPTS: Final = 2
+DEFAULT_RATE_LIMIT_WAIT: Final = 90.0
+"""Seconds a call may wait in total for 429s to clear (the platform's window is a minute)."""
 
 # Published constraints (OpenAPI): project refs are 20 lowercase letters; function slugs start
 # with a letter; secret names must not start with SUPABASE_ (reserved by the platform), are at
@@ -60,9 +68,9 @@ FUNCTION_SLUG_RE: Final = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 RESERVED_SECRET_PREFIX: Final = "SUPABASE_"
 MAX_SECRET_NAME: Final = 256
 MAX_SECRET_VALUE: Final = 24576
-# logs.all accepts at most a 24 hour window.
+# The logs endpoint accepts at most a 24 hour window.
 MAX_LOG_WINDOW: Final = timedelta(hours=24)
-_FUNCTION_ID_RE: Final = re.compile(r"^[A-Za-z0-9_-]+$")
+T = TypeVar("T")
 
 
 class EdgeFunction(BaseModel):
@@ -173,17 +181,13 @@ class _BearerAuth(httpx.Auth):
         return "_BearerAuth(token=***)"
 
 
-class _RetryableResponse(Exception):
-    """Raised inside the retry loop for a 429/5xx answer; carries the response."""
-
-    def __init__(self, response: httpx.Response) -> None:
-        super().__init__(f"HTTP {response.status_code}")
-        self.response = response
+class UncertainWrite(TargetError):
+    """A write got a 5xx or no answer: it may or may not have been applied."""
 
 
-def _retry_after_seconds(response: httpx.Response) -> float | None:
-    """`Retry-After` as seconds (delta-seconds or HTTP-date), capped; None when absent/bad."""
-    raw = response.headers.get("retry-after")
+def _header_seconds(response: httpx.Response, name: str) -> float | None:
+    """A header holding delta-seconds or an HTTP-date, as seconds from now (None when absent)."""
+    raw = response.headers.get(name)
     if raw is None:
         return None
     raw = raw.strip()
@@ -197,23 +201,21 @@ def _retry_after_seconds(response: httpx.Response) -> float | None:
         if when.tzinfo is None:
             when = when.replace(tzinfo=UTC)
         seconds = (when - datetime.now(UTC)).total_seconds()
-    return min(max(seconds, 0.0), MAX_RETRY_AFTER_SECONDS)
+    return max(seconds, 0.0)
 
 
-class _WaitRetryAfter(tenacity.wait.wait_base):
-    """Wait what the server asked for (`Retry-After`), else fall back to exponential backoff."""
+def rate_limit_wait(response: httpx.Response) -> float | None:
+    """How long a 429 asks to wait: `Retry-After`, else `X-RateLimit-Reset`; None if neither."""
+    for name in ("retry-after", "x-ratelimit-reset"):
+        seconds = _header_seconds(response, name)
+        if seconds is not None:
+            return seconds
+    return None
 
-    def __init__(self, fallback: tenacity.wait.wait_base) -> None:
-        self._fallback = fallback
 
-    def __call__(self, retry_state: tenacity.RetryCallState) -> float:
-        outcome = retry_state.outcome
-        exc = outcome.exception() if outcome is not None else None
-        if isinstance(exc, _RetryableResponse):
-            asked = _retry_after_seconds(exc.response)
-            if asked is not None:
-                return asked
-        return float(self._fallback(retry_state))
+def _backoff(attempt: int) -> float:
+    """Exponential backoff with jitter for retried reads: ~0.5 s, 1 s, 2 s … at most 8 s."""
+    return float(min(8.0, 0.5 * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0))
 
 
 def request_id(response: httpx.Response | None) -> str:
@@ -243,6 +245,7 @@ class ManagementAPI:
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
         max_attempts: int = MAX_ATTEMPTS,
+        max_rate_limit_wait: float = DEFAULT_RATE_LIMIT_WAIT,
     ) -> None:
         if not PROJECT_REF_RE.match(project_ref):
             raise UsageError(
@@ -261,6 +264,7 @@ class ManagementAPI:
         )
         self._sleep = sleep
         self._max_attempts = max_attempts
+        self._max_rate_limit_wait = max_rate_limit_wait
 
     @classmethod
     def from_env(
@@ -376,17 +380,31 @@ class ManagementAPI:
         multipart = [
             ("file", (path, files[path], "application/octet-stream")) for path in sorted(files)
         ]
-        response = self._request(
-            "POST",
-            self._path("functions/deploy"),
-            what=f"deploy function {slug}",
-            params=params,
-            data={"metadata": json.dumps(metadata, sort_keys=True)},
-            files=multipart,
-        )
-        return self._parse_function(
-            response.json(), what=f"deploy function {slug}", response=response
-        )
+        what = f"deploy function {slug}"
+
+        def send() -> EdgeFunction:
+            response = self._request(
+                "POST",
+                self._path("functions/deploy"),
+                what=what,
+                params=params,
+                data={"metadata": json.dumps(metadata, sort_keys=True)},
+                files=multipart,
+            )
+            return self._parse_function(response.json(), what=what, response=response)
+
+        if bundle_only:
+            # A bundle-only upload changes nothing that serves: sending it again after an
+            # uncertain outcome stages a second bundle at most, and only the one returned here
+            # is ever activated.
+            return self._write(send, lambda: None)
+        before = self.get_function(slug)
+
+        def applied() -> EdgeFunction | None:
+            after = self.get_function(slug)
+            return after if after is not None and _changed(before, after) else None
+
+        return self._write(send, applied)
 
     def activate_functions(self, functions: Sequence[EdgeFunction]) -> list[EdgeFunction]:
         """`PUT /v1/projects/{ref}/functions` (bulk update) → `{"functions": FunctionResponse[]}`.
@@ -399,26 +417,42 @@ class ManagementAPI:
             return []
         body = [_bulk_update_item(f) for f in functions]
         slugs = ", ".join(f.slug for f in functions)
-        response = self._request(
-            "PUT",
-            self._path("functions"),
-            what=f"activate functions {slugs}",
-            json_body=body,
-        )
-        payload = response.json()
-        items = payload.get("functions", []) if isinstance(payload, dict) else payload
-        return self._parse_functions(items, what="activate functions", response=response)
+
+        def send() -> list[EdgeFunction]:
+            response = self._request(
+                "PUT", self._path("functions"), what=f"activate functions {slugs}", json_body=body
+            )
+            payload = response.json()
+            items = payload.get("functions", []) if isinstance(payload, dict) else payload
+            return self._parse_functions(items, what="activate functions", response=response)
+
+        def applied() -> list[EdgeFunction] | None:
+            live = {f.slug: f for f in self.list_functions()}
+            done = [live.get(f.slug) for f in functions]
+            if all(
+                d is not None and d.is_active and d.ezbr_sha256 == f.ezbr_sha256
+                for d, f in zip(done, functions, strict=True)
+            ):
+                return [d for d in done if d is not None]
+            return None
+
+        # The spec calls the bulk update idempotent; it is still only re-sent when not applied.
+        return self._write(send, applied)
 
     def delete_function(self, slug: str) -> bool:
         """`DELETE /v1/projects/{ref}/functions/{function_slug}`; False when it was already gone."""
         _check_slug(slug)
-        response = self._request(
-            "DELETE",
-            self._path(f"functions/{slug}"),
-            what=f"delete function {slug}",
-            allow_404=True,
-        )
-        return response.status_code != 404
+
+        def send() -> bool:
+            response = self._request(
+                "DELETE",
+                self._path(f"functions/{slug}"),
+                what=f"delete function {slug}",
+                allow_404=True,
+            )
+            return response.status_code != 404
+
+        return self._write(send, lambda: True if self.get_function(slug) is None else None)
 
     # -- secrets -------------------------------------------------------------------------
 
@@ -448,13 +482,22 @@ class ManagementAPI:
             if len(value) > MAX_SECRET_VALUE:
                 raise UsageError(f"secret {name!r} is longer than {MAX_SECRET_VALUE} characters")
         body = [{"name": name, "value": secrets[name]} for name in sorted(secrets)]
-        self._request(
-            "POST",
-            self._path("secrets"),
-            what=f"set secrets {', '.join(sorted(secrets))}",
-            json_body=body,
-            redact=secrets.values(),
-        )
+
+        def send() -> bool:
+            self._request(
+                "POST",
+                self._path("secrets"),
+                what=f"set secrets {', '.join(sorted(secrets))}",
+                json_body=body,
+                redact=secrets.values(),
+            )
+            return True
+
+        def applied() -> bool | None:
+            now = self.list_secrets()
+            return True if all(now.get(k) == secret_digest(v) for k, v in secrets.items()) else None
+
+        self._write(send, applied)
 
     def unset_secrets(self, names: Iterable[str]) -> None:
         """`DELETE /v1/projects/{ref}/secrets` with the JSON array of names."""
@@ -462,12 +505,17 @@ class ManagementAPI:
         if not wanted:
             return
         validate_secret_names(wanted)
-        self._request(
-            "DELETE",
-            self._path("secrets"),
-            what=f"unset secrets {', '.join(wanted)}",
-            json_body=wanted,
-        )
+
+        def send() -> bool:
+            self._request(
+                "DELETE",
+                self._path("secrets"),
+                what=f"unset secrets {', '.join(wanted)}",
+                json_body=wanted,
+            )
+            return True
+
+        self._write(send, lambda: None if set(wanted) & set(self.list_secrets()) else True)
 
     # -- logs ----------------------------------------------------------------------------
 
@@ -476,31 +524,29 @@ class ManagementAPI:
     ) -> FunctionStats:
         """Requests and error counts of one function since `since` (at most 24 hours).
 
-        `GET /v1/projects/{ref}/analytics/endpoints/logs.all?sql=…&iso_timestamp_start=…&
-        iso_timestamp_end=…` with a query over `function_edge_logs`, counting responses by
-        status like Studio's `functions.combined-stats` query does. logs.all has no bind
-        parameters, so the only interpolated value (the function id) is checked to be
-        `[A-Za-z0-9_-]+` first.
+        `GET /v1/projects/{ref}/analytics/endpoints/logs?sql=…&iso_timestamp_start=…&
+        iso_timestamp_end=…` (OpenAPI `v1GetProjectLogs`; `logs.all` and its BigQuery SQL were
+        removed on 2026-09-23, changelog 48235): ClickHouse SQL over the unified `logs` table,
+        filtered by `source_name = 'function_edge_logs'`. Each edge log's `event_message` is
+        `METHOD | STATUS | URL`, so the status and the function's URL path come from it. The
+        endpoint has no bind parameters, so the only interpolated value (the slug) is checked
+        against the platform's slug pattern first.
         """
+        _check_slug(slug)
         until = until or datetime.now(UTC)
         since, until = _aware(since), _aware(until)
         if until <= since:
             raise UsageError("function stats window is empty (until <= since)")
         if until - since > MAX_LOG_WINDOW:
-            raise UsageError("function stats window is longer than 24 hours (logs.all limit)")
-        function = self.get_function(slug)
-        if function is None:
-            raise TargetError(f"function {slug} does not exist in project {self.project_ref}")
-        if not _FUNCTION_ID_RE.match(function.id):
-            raise TargetError(f"unexpected function id for {slug}; refusing to build a log query")
+            raise UsageError("function stats window is longer than 24 hours (logs endpoint limit)")
         params = {
-            "sql": function_stats_sql(function.id),
+            "sql": function_stats_sql(slug),
             "iso_timestamp_start": _iso(since),
             "iso_timestamp_end": _iso(until),
         }
         response = self._request(
             "GET",
-            self._path("analytics/endpoints/logs.all"),
+            self._path("analytics/endpoints/logs"),
             what=f"read logs of function {slug}",
             params=params,
         )
@@ -525,43 +571,88 @@ class ManagementAPI:
         allow_404: bool = False,
         redact: Iterable[str] = (),
     ) -> httpx.Response:
-        """Send with retries; return a 2xx (or an allowed 404) response, else raise TargetError."""
+        """Send; return a 2xx (or an allowed 404) response, else raise TargetError.
+
+        GETs are retried on 5xx and transport errors; a write that meets either raises
+        `UncertainWrite` at once (see `_write`). Any call waits out a 429 within the bound.
+        """
         hidden = [self._token, *(v for v in redact if v)]
-        retrying = tenacity.Retrying(
-            stop=tenacity.stop_after_attempt(self._max_attempts),
-            wait=_WaitRetryAfter(tenacity.wait_exponential_jitter(multiplier=0.5, max=8.0)),
-            retry=tenacity.retry_if_exception_type((_RetryableResponse, httpx.TransportError)),
-            sleep=self._sleep,
-            reraise=True,
-        )
-        try:
-            for attempt in retrying:
-                with attempt:
-                    response = self._client.request(
-                        method,
-                        path,
-                        params=params,
-                        json=json_body,
-                        data=data,
-                        files=files,
-                        headers=headers,
-                        auth=self._auth,
-                        timeout=TIMEOUT,
+        is_read = method == "GET"
+        attempt, waited = 0, 0.0
+        while True:
+            attempt += 1
+            try:
+                response = self._client.request(
+                    method,
+                    path,
+                    params=params,
+                    json=json_body,
+                    data=data,
+                    files=files,
+                    headers=headers,
+                    auth=self._auth,
+                    timeout=TIMEOUT,
+                )
+                response.read()
+            except httpx.TransportError as exc:
+                message = _scrub(f"{type(exc).__name__}: {exc}", hidden)
+                if not is_read:
+                    raise UncertainWrite(
+                        f"no answer from the Supabase Management API ({what}): {message}"
+                    ) from None
+                if attempt >= self._max_attempts:
+                    raise TargetError(
+                        f"Supabase Management API unreachable ({what}) after {attempt} "
+                        f"attempts: {message} (request id none)"
+                    ) from None
+                self._sleep(_backoff(attempt))
+                continue
+            status = response.status_code
+            if status == 429:
+                asked = rate_limit_wait(response)
+                # At least half a second, so a `reset: 0` cannot spin; the bound ends it.
+                wait = max(_backoff(attempt) if asked is None else asked, 0.5)
+                if waited + wait > self._max_rate_limit_wait:
+                    raise TargetError(
+                        f"Supabase Management API rate limit (HTTP 429) while trying to {what}: "
+                        f"it asks to wait {wait:.0f}s more, beyond the bound of "
+                        f"{self._max_rate_limit_wait:.0f}s (request id {request_id(response)})",
+                        hint="raise the target's rate_limit_wait, or run when fewer calls compete",
                     )
-                    response.read()
-                    if response.status_code in RETRY_STATUSES:
-                        raise _RetryableResponse(response)
-        except _RetryableResponse as exc:
-            raise self._status_error(what, exc.response, hidden, retried=True) from None
-        except httpx.TransportError as exc:
-            message = _scrub(f"{type(exc).__name__}: {exc}", hidden)
-            raise TargetError(
-                f"Supabase Management API unreachable ({what}) after {self._max_attempts} "
-                f"attempts: {message} (request id none)"
-            ) from None
-        if response.is_success or (allow_404 and response.status_code == 404):
-            return response
-        raise self._status_error(what, response, hidden, retried=False)
+                waited += wait
+                self._sleep(wait)
+                continue
+            if status in RETRY_STATUSES:
+                if not is_read:
+                    raise UncertainWrite(
+                        str(self._status_error(what, response, hidden, retried=False))
+                    )
+                if attempt < self._max_attempts:
+                    self._sleep(_backoff(attempt))
+                    continue
+                raise self._status_error(what, response, hidden, retried=True)
+            if response.is_success or (allow_404 and status == 404):
+                return response
+            raise self._status_error(what, response, hidden, retried=False)
+
+    def _write(self, send: Callable[[], T], applied: Callable[[], T | None]) -> T:
+        """Send a write; after an uncertain outcome read the state back (`applied`) and decide.
+
+        `applied` returns the write's result when the state shows it happened, None when it did
+        not. Only then is the write sent again, at most `WRITE_ATTEMPTS` times in all.
+        """
+        for attempt in range(1, WRITE_ATTEMPTS + 1):
+            try:
+                return send()
+            except UncertainWrite as exc:
+                done = applied()
+                if done is not None:
+                    return done
+                if attempt == WRITE_ATTEMPTS:
+                    raise TargetError(
+                        f"{exc}; read back after {attempt} attempts: not applied"
+                    ) from None
+        raise AssertionError("unreachable")
 
     def _status_error(
         self,
@@ -614,16 +705,18 @@ class ManagementAPI:
 # -- helpers (module level: pure, small, testable) ----------------------------------------
 
 
-def function_stats_sql(function_id: str) -> str:
-    """The logs.all query counting one function's invocations by response class."""
+def function_stats_sql(slug: str) -> str:
+    """ClickHouse SQL counting one function's invocations by response class."""
+    if not FUNCTION_SLUG_RE.match(slug):
+        raise UsageError(f"invalid function slug {slug!r}")
+    status = "toUInt16OrZero(trimBoth(splitByString('|', event_message)[2]))"
     return (
-        "select count(*) as requests, "
-        "countif(response.status_code >= 500) as server_errors, "
-        "countif(response.status_code between 400 and 499) as client_errors "
-        "from function_edge_logs as fel "
-        "cross join unnest(fel.metadata) as m "
-        "cross join unnest(m.response) as response "
-        f"where m.function_id = '{function_id}'"
+        "select count() as requests, "
+        f"countIf({status} >= 500) as server_errors, "
+        f"countIf({status} between 400 and 499) as client_errors "
+        "from logs "
+        "where source_name = 'function_edge_logs' "
+        f"and match(event_message, '/functions/v1/{slug}([/?# ]|$)')"
     )
 
 
@@ -671,6 +764,14 @@ def _bulk_update_item(function: EdgeFunction) -> dict[str, Any]:
         exclude_none=True,
     )
     return item
+
+
+def _changed(before: EdgeFunction | None, after: EdgeFunction) -> bool:
+    """Whether a function record differs from the one read before a write."""
+    if before is None:
+        return True
+    keys = ("version", "updated_at", "ezbr_sha256", "verify_jwt", "entrypoint_path")
+    return any(getattr(before, k) != getattr(after, k) for k in keys)
 
 
 def _error_detail(response: httpx.Response) -> str:
@@ -783,7 +884,8 @@ def _parse_stats(
     payload = response.json()
     if not isinstance(payload, dict):
         raise TargetError(
-            f"logs.all answered with an unexpected shape (request id {request_id(response)})"
+            "the logs endpoint answered with an unexpected shape "
+            f"(request id {request_id(response)})"
         )
     error = payload.get("error")
     if error:

@@ -2,8 +2,13 @@
 
 `deploy_all` keeps what was live before it changes anything (the currently deployed source of
 each function, downloaded through the Management API and written under `previous_dir`), uploads
-every function, switches them live together, then checks each one is ACTIVE at a newer version.
-`rollback` redeploys each kept source, or deletes a function the release created.
+every function, switches them live together, then checks each one is ACTIVE and serving the
+bundle the upload produced: its `ezbr_sha256` (the platform's bundle hash) must be the one the
+deploy answered. Versions alone prove nothing: the bulk update keeps whatever version it is sent
+("you will need to manually bump the version", OpenAPI `v1-bulk-update-functions`), so the bulk
+update here bumps it past the live one itself. `rollback` redeploys each kept source, or deletes
+a function the release created, and succeeds only when the live hash is the restored bundle's
+(so never while the release's bundle is still serving).
 
 The `DeployRecord` both return is plain JSON (`to_dict`/`from_dict`) so the engine can keep it
 in its journal: it holds slugs, versions, paths and SHA-256 digests, never file contents and
@@ -43,6 +48,7 @@ class PreviousFunction:
     source_dir: str | None = None
     files: dict[str, str] = field(default_factory=dict)  # relative path → sha256
     sha256: str | None = None
+    ezbr_sha256: str | None = None  # the platform's hash of the bundle that was serving
 
 
 @dataclass
@@ -53,6 +59,8 @@ class DeployedFunction:
     id: str
     version: int
     bundle_sha256: str
+    ezbr_sha256: str | None = None  # the platform's hash of the bundle the release put live
+    verify_jwt: bool = True
 
 
 @dataclass
@@ -103,7 +111,9 @@ def snapshot(api: ManagementAPI, slugs: Sequence[str], previous_dir: Path) -> De
         if source is None:
             record.previous.append(PreviousFunction(slug=slug, existed=False))
             continue
-        record.previous.append(_keep_source(source, previous_dir / slug))
+        kept = _keep_source(source, previous_dir / slug)
+        kept.ezbr_sha256 = live[slug].ezbr_sha256
+        record.previous.append(kept)
     return record
 
 
@@ -131,17 +141,19 @@ def deploy_all(
             record.previous.extend(snapshot(api, missing, previous_dir).previous)
     before = {p.slug: p.version for p in record.previous}
     try:
-        live = _upload_and_activate(api, bundles)
-        _verify_deployed(api, bundles, before)
+        live = _upload_and_activate(api, bundles, before)
+        _verify_live(api, live, "deploy")
     except TargetError as exc:
         raise DeployError(str(exc), record=record, hint=exc.hint) from exc
     by_slug = {f.slug: f for f in live}
     record.deployed = [
         DeployedFunction(
             slug=b.slug,
-            id=by_slug[b.slug].id if b.slug in by_slug else "",
-            version=by_slug[b.slug].version if b.slug in by_slug else 0,
+            id=by_slug[b.slug].id,
+            version=by_slug[b.slug].version,
             bundle_sha256=b.sha256,
+            ezbr_sha256=by_slug[b.slug].ezbr_sha256,
+            verify_jwt=b.verify_jwt,
         )
         for b in bundles
     ]
@@ -170,90 +182,115 @@ def rollback(api: ManagementAPI, record: DeployRecord) -> RollbackReport:
                 to_restore.append((prev, _load_source(prev)))
             except TargetError as exc:
                 failures.append(str(exc))
-    restored = _restore(api, to_restore, failures)
+    before = {p.slug: live[p.slug].version if p.slug in live else None for p, _ in to_restore}
+    restored = _restore(api, to_restore, before, failures)
     deleted = _delete(api, to_delete, failures)
-    failures.extend(_verify_rolled_back(api, restored, deleted))
+    if restored:
+        try:
+            _verify_live(api, restored, "rollback", release=record.deployed)
+        except TargetError as exc:
+            failures.append(str(exc))
+    if deleted:
+        listed = {f.slug for f in api.list_functions() if f.status != "REMOVED"}
+        failures += [f"{s} still exists after delete" for s in deleted if s in listed]
     if failures:
         raise TargetError(f"edge function rollback incomplete: {'; '.join(failures)}")
-    return RollbackReport(tuple(restored), tuple(deleted), tuple(unchanged))
+    return RollbackReport(tuple(f.slug for f in restored), tuple(deleted), tuple(unchanged))
 
 
 # -- steps ---------------------------------------------------------------------------------
 
 
 def _upload_and_activate(
-    api: ManagementAPI, bundles: Sequence[FunctionBundle]
+    api: ManagementAPI,
+    uploads: Sequence[FunctionBundle | FunctionSource],
+    before: Mapping[str, int | None],
 ) -> list[EdgeFunction]:
-    """One bundle: deploy directly. Several: bundle each, then one bulk update (as the CLI)."""
-    if len(bundles) == 1:
-        return [_deploy(api, bundles[0], bundle_only=False)]
-    staged = [_deploy(api, b, bundle_only=True) for b in bundles]
-    return api.activate_functions(staged)
+    """One function: deploy directly. Several: bundle each, then one bulk update (as the CLI),
+    bumping each version past the live one (the bulk update keeps the version it is sent)."""
+    if len(uploads) == 1:
+        return [_deploy(api, uploads[0], bundle_only=False)]
+    staged = [_bump(_deploy(api, u, bundle_only=True), before.get(u.slug)) for u in uploads]
+    activated = {f.slug: f for f in api.activate_functions(staged)}
+    # What to verify is the hash the upload produced, whatever the bulk answer echoes.
+    return [
+        activated[f.slug].model_copy(update={"ezbr_sha256": f.ezbr_sha256})
+        if f.slug in activated
+        else f
+        for f in staged
+    ]
 
 
-def _deploy(api: ManagementAPI, bundle: FunctionBundle, *, bundle_only: bool) -> EdgeFunction:
+def _bump(function: EdgeFunction, live_version: int | None) -> EdgeFunction:
+    if live_version is None or function.version > live_version:
+        return function
+    return function.model_copy(update={"version": live_version + 1})
+
+
+def _deploy(
+    api: ManagementAPI, upload: FunctionBundle | FunctionSource, *, bundle_only: bool
+) -> EdgeFunction:
     return api.deploy_function(
-        bundle.slug,
-        bundle.files,
-        bundle.entrypoint_path,
-        bundle.verify_jwt,
-        bundle.import_map_path,
+        upload.slug,
+        upload.files,
+        upload.entrypoint_path,
+        upload.verify_jwt,
+        upload.import_map_path,
         bundle_only=bundle_only,
     )
 
 
-def _verify_deployed(
-    api: ManagementAPI, bundles: Sequence[FunctionBundle], before: Mapping[str, int | None]
+def _verify_live(
+    api: ManagementAPI,
+    expected: Sequence[EdgeFunction],
+    what: str,
+    *,
+    release: Sequence[DeployedFunction] = (),
 ) -> None:
-    """Each function must be listed ACTIVE with a version above the one it had before."""
-    listed = {f.slug: f for f in api.list_functions()}
-    for bundle in bundles:
-        function = listed.get(bundle.slug)
-        previous = before.get(bundle.slug)
-        if function is None:
-            raise TargetError(f"edge function {bundle.slug} is not listed after deploy")
-        if not function.is_active:
-            raise TargetError(
-                f"edge function {bundle.slug} is {function.status} after deploy, not ACTIVE"
+    """Each function must be listed ACTIVE, serving the bundle hash its upload produced, with
+    the planned verify_jwt (after a rollback: the restored bundle, not the release's)."""
+    listed = {f.slug: f for f in api.list_functions() if f.status != "REMOVED"}
+    released = {d.slug: d.ezbr_sha256 for d in release}
+    problems = []
+    for want in expected:
+        got = listed.get(want.slug)
+        if got is None:
+            problems.append(f"{want.slug} is not listed after {what}")
+        elif not got.is_active:
+            problems.append(f"{want.slug} is {got.status} after {what}, not ACTIVE")
+        elif want.ezbr_sha256 is None or got.ezbr_sha256 != want.ezbr_sha256:
+            new = released.get(want.slug)
+            note = " (the release's bundle is still live)" if new == got.ezbr_sha256 else ""
+            problems.append(
+                f"{want.slug} serves bundle {_short(got.ezbr_sha256)} after {what}, not the "
+                f"uploaded {_short(want.ezbr_sha256)}{note}"
             )
-        if previous is not None and function.version <= previous:
-            raise TargetError(
-                f"edge function {bundle.slug} is still at version {function.version} "
-                f"after deploy (was {previous})"
+        elif want.verify_jwt is not None and got.verify_jwt != want.verify_jwt:
+            problems.append(
+                f"{want.slug} has verify_jwt={got.verify_jwt} after {what}, not {want.verify_jwt}"
             )
+    if problems:
+        raise TargetError(f"edge function {what} not verified: {'; '.join(problems)}")
+
+
+def _short(digest: str | None) -> str:
+    return digest[:12] if digest else "(no hash)"
 
 
 def _restore(
     api: ManagementAPI,
     to_restore: Sequence[tuple[PreviousFunction, FunctionSource]],
+    before: Mapping[str, int | None],
     failures: list[str],
-) -> list[str]:
-    """Redeploy kept sources; several are bundled first and switched live together."""
+) -> list[EdgeFunction]:
+    """Redeploy kept sources (several are bundled first and switched live together)."""
     if not to_restore:
         return []
-    bundle_only = len(to_restore) > 1
-    staged: list[EdgeFunction] = []
-    for prev, source in to_restore:
-        try:
-            staged.append(
-                api.deploy_function(
-                    source.slug,
-                    source.files,
-                    source.entrypoint_path,
-                    source.verify_jwt,
-                    source.import_map_path,
-                    bundle_only=bundle_only,
-                )
-            )
-        except TargetError as exc:
-            failures.append(f"{prev.slug}: {exc}")
-    if bundle_only and staged:
-        try:
-            api.activate_functions(staged)
-        except TargetError as exc:
-            failures.append(f"activating {', '.join(f.slug for f in staged)}: {exc}")
-            return []
-    return [f.slug for f in staged]
+    try:
+        return _upload_and_activate(api, [source for _, source in to_restore], before)
+    except TargetError as exc:
+        failures.append(f"restoring {', '.join(p.slug for p, _ in to_restore)}: {exc}")
+        return []
 
 
 def _delete(api: ManagementAPI, slugs: Sequence[str], failures: list[str]) -> list[str]:
@@ -267,33 +304,18 @@ def _delete(api: ManagementAPI, slugs: Sequence[str], failures: list[str]) -> li
     return deleted
 
 
-def _verify_rolled_back(
-    api: ManagementAPI, restored: Sequence[str], deleted: Sequence[str]
-) -> list[str]:
-    if not restored and not deleted:
-        return []
-    listed = {f.slug: f for f in api.list_functions() if f.status != "REMOVED"}
-    problems = [f"{s} is not ACTIVE after restore" for s in restored if not _active(listed, s)]
-    problems += [f"{s} still exists after delete" for s in deleted if s in listed]
-    return problems
-
-
 def _already_back(api: ManagementAPI, prev: PreviousFunction, current: EdgeFunction) -> bool:
-    """Whether the live function is the kept one: same version, or same files and settings."""
-    if current.version == prev.version:
-        return True
+    """Whether the live function is the kept one: the same bundle hash, else the same files."""
+    if current.verify_jwt is not None and current.verify_jwt != prev.verify_jwt:
+        return False
+    if prev.ezbr_sha256 and current.ezbr_sha256:
+        return current.ezbr_sha256 == prev.ezbr_sha256
     live = api.download_function(prev.slug)
     return (
         live is not None
         and live.sha256 == prev.sha256
-        and live.entrypoint_path == prev.entrypoint_path
-        and live.verify_jwt == prev.verify_jwt
+        and (live.entrypoint_path == prev.entrypoint_path)
     )
-
-
-def _active(listed: Mapping[str, EdgeFunction], slug: str) -> bool:
-    function = listed.get(slug)
-    return function is not None and function.is_active
 
 
 # -- kept sources on disk ------------------------------------------------------------------

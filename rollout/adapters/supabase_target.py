@@ -36,8 +36,9 @@ class SupabaseFunctions:
     def __init__(self, api: ManagementAPI) -> None:
         self.api = api
 
-    def deploy(self, names: list[str], functions_dir: Path, keep_dir: Path) -> dict[str, Any]:
-        bundles = collect_bundles(functions_dir.parent, dict.fromkeys(names, True))
+    def deploy(self, functions: dict[str, bool], functions_dir: Path,
+               keep_dir: Path) -> dict[str, Any]:
+        bundles = collect_bundles(functions_dir.parent, functions)
         try:
             record = deploy_all(self.api, bundles, keep_dir)
         except DeployError as err:
@@ -47,7 +48,8 @@ class SupabaseFunctions:
         previous = {p.slug: p.version for p in record.previous}
         return {
             "functions": {d.slug: {"previous_version": previous.get(d.slug),
-                                   "version": d.version, "digest": d.bundle_sha256}
+                                   "version": d.version, "digest": d.bundle_sha256,
+                                   "ezbr_sha256": d.ezbr_sha256, "verify_jwt": d.verify_jwt}
                           for d in record.deployed},
             "record": record.to_dict(),
         }
@@ -76,15 +78,17 @@ class SupabaseSecrets:
 
 
 class SupabaseScheduler:
-    """pg_cron + pg_net with the project URL and service-role key read from Vault."""
+    """pg_cron + pg_net with the project URL and the function's key read from Vault; status
+    pairs pg_cron's runs with pg_net's HTTP answers."""
 
     def __init__(self, db_url: str) -> None:
         self.db_url = db_url
 
-    def schedule(self, job: str, cron: str, function: str, body: dict[str, Any]) -> str:
+    def schedule(self, job: str, cron: str, function: str, body: dict[str, Any], *,
+                 key_secret: str = "service_role_key") -> str:
         with connect(self.db_url) as conn:
-            pg_cron.check_prerequisites(conn, ["project_url", "service_role_key"])
-            result = pg_cron.schedule_function(conn, job, cron, function, body=body)
+            result = pg_cron.schedule_function(conn, job, cron, function, body=body,
+                                               key_secret=key_secret)
         return str(result.action.value)
 
     def unschedule(self, job: str) -> bool:
@@ -108,7 +112,8 @@ class SupabaseTarget:
         self.spec = spec
         self.name = spec["project_ref"]
         self.api = ManagementAPI(spec["project_ref"], spec["access_token"],
-                                 base_url=spec.get("api_url"))
+                                 base_url=spec.get("api_url"),
+                                 max_rate_limit_wait=float(spec.get("rate_limit_wait", 90)))
         self.functions = SupabaseFunctions(self.api)
         self.secrets = SupabaseSecrets(self.api)
         self.scheduler = SupabaseScheduler(spec["database_url"])

@@ -20,7 +20,11 @@ from rollout.errors import StackError, TargetError
 
 
 class Functions(Protocol):
-    def deploy(self, names: list[str], functions_dir: Path, keep_dir: Path) -> dict[str, Any]: ...
+    def deploy(self, functions: dict[str, bool], functions_dir: Path,
+               keep_dir: Path) -> dict[str, Any]:
+        """Deploy each function (name → verify_jwt) and switch them live."""
+        ...
+
     def rollback(self, record: dict[str, Any]) -> dict[str, Any]: ...
     def live(self) -> dict[str, int]: ...
 
@@ -32,9 +36,12 @@ class FunctionSecrets(Protocol):
 
 
 class Scheduler(Protocol):
-    def schedule(self, job: str, cron: str, function: str, body: dict[str, Any]) -> str: ...
+    def schedule(self, job: str, cron: str, function: str, body: dict[str, Any], *,
+                 key_secret: str = "service_role_key") -> str: ...
     def unschedule(self, job: str) -> bool: ...
-    def status(self, job: str) -> dict[str, Any]: ...
+    def status(self, job: str) -> dict[str, Any]:
+        """{"job": …, "runs": [newest first, each with `http_status`/`http_error`]}"""
+        ...
 
 
 class Target(Protocol):
@@ -63,6 +70,16 @@ class Target(Protocol):
     def secret_values(self) -> set[str]: ...
 
 
+def failed_call(run: dict[str, Any]) -> str | None:
+    """Why a cron run's call of the function failed (non-2xx, pg_net error), else None.
+
+    pg_cron's "succeeded" only says the request was queued; the answer is what counts."""
+    code = run.get("http_status")
+    if code is None:
+        return str(run["http_error"]) if run.get("http_error") else None
+    return None if 200 <= int(code) < 300 else f"HTTP {code}"
+
+
 def sha256_text(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()
 
@@ -74,14 +91,15 @@ class LocalFunctions:
     def __init__(self, stack: LocalStack) -> None:
         self.stack = stack
 
-    def deploy(self, names: list[str], functions_dir: Path, keep_dir: Path) -> dict[str, Any]:
+    def deploy(self, functions: dict[str, bool], functions_dir: Path,
+               keep_dir: Path) -> dict[str, Any]:
         # Locally every version stays on disk (`.rollout/local/functions/<name>/v<N>`), so the
         # record only names versions; `keep_dir` is for targets that must download the source.
         record: dict[str, Any] = {}
-        for name in names:
+        for name, verify_jwt in functions.items():
             previous = self.stack.deployed().get(name)
             try:
-                worker = self.stack.deploy_function(name, functions_dir)
+                worker = self.stack.deploy_function(name, functions_dir, verify_jwt=verify_jwt)
             except Exception as err:
                 raise TargetError(f"deploying {name} failed: {err}",
                                   partial={"functions": record}) from err
@@ -133,12 +151,16 @@ class LocalSecrets:
 
 
 class LocalScheduler:
-    """Cron jobs run by the local gateway: each POSTs to a function with the service-role key."""
+    """Cron jobs run by the local gateway: each POSTs to a function with the secret key in
+    `apikey`, and logs the HTTP status it got."""
 
     def __init__(self, stack: LocalStack) -> None:
         self.stack = stack
 
-    def schedule(self, job: str, cron: str, function: str, body: dict[str, Any]) -> str:
+    def schedule(self, job: str, cron: str, function: str, body: dict[str, Any], *,
+                 key_secret: str = "service_role_key") -> str:
+        # The local cron always sends the local project's secret API key (`key_secret` names a
+        # Vault secret, which only hosted projects have).
         jobs = self.stack.schedules()
         wanted = {"name": job, "schedule": cron, "function": function, "body": body}
         existing = next((j for j in jobs if j["name"] == job), None)
@@ -156,7 +178,7 @@ class LocalScheduler:
 
     def status(self, job: str) -> dict[str, Any]:
         found = next((j for j in self.stack.schedules() if j["name"] == job), None)
-        return {"job": found, "runs": self.stack.cron_runs(job)[-10:]}
+        return {"job": found, "runs": self.stack.cron_runs(job)[-10:][::-1]}  # newest first
 
 
 class LocalTarget:
@@ -199,25 +221,54 @@ class LocalTarget:
 
     def secret_values(self) -> set[str]:
         try:
-            values = {self.anon_key, self.service_role_key, self.jwt_secret}
+            values = {self.anon_key, self.service_role_key, self.jwt_secret,
+                      self.stack.secret("secret_key"), self.stack.secret("signing_key")}
         except StackError:
             return set()
         return values | set(self.stack.function_secrets().values())
 
 
-def wait_healthy(url: str, timeout: float = 15) -> float:
-    """GET `url` until it answers 200; returns the latency of the good answer in ms."""
+def probe_headers(anon_key: str, jwt_secret: str) -> dict[str, str]:
+    """Headers for probing a function as the platform's gateway expects them.
+
+    `apikey` carries the project's public key (legacy anon JWT or `sb_publishable_…`). A
+    function with `verify_jwt` on is answered 401 before it runs unless `Authorization` holds a
+    JWT: the legacy anon key is one; a publishable key is not (the gateway refuses API keys
+    there), so then a short-lived anon token is signed with the legacy JWT secret when the plan
+    has it. Without either, no `Authorization` is sent (fine for `verify_jwt: false`).
+    """
+    headers = {"apikey": anon_key} if anon_key else {}
+    if anon_key.startswith("eyJ") and anon_key.count(".") == 2:
+        headers["authorization"] = f"Bearer {anon_key}"
+    elif jwt_secret:
+        import jwt
+
+        now = int(time.time())
+        token = jwt.encode({"role": "anon", "iat": now, "exp": now + 300}, jwt_secret,
+                           algorithm="HS256")
+        headers["authorization"] = f"Bearer {token}"
+    return headers
+
+
+def wait_healthy(url: str, timeout: float = 15, headers: dict[str, str] | None = None) -> float:
+    """GET `url` until it answers 200; returns the latency of the good answer in ms.
+
+    A 401 ends the wait at once: the gateway refused the credentials, waiting will not help.
+    """
     deadline = time.monotonic() + timeout
     last = "no answer"
     while time.monotonic() < deadline:
         began = time.monotonic()
         try:
-            response = httpx.get(url, timeout=5)
+            response = httpx.get(url, timeout=5, headers=headers)
             if response.status_code == 200:
                 return (time.monotonic() - began) * 1000
             last = f"HTTP {response.status_code}"
+            if response.status_code == 401:
+                raise TargetError(f"{url} refused the probe's credentials (HTTP 401)",
+                                  hint="a verify_jwt function needs a JWT: the legacy anon key "
+                                       "or jwt_secret in the target, or verify_jwt: false")
         except httpx.HTTPError as err:
             last = type(err).__name__
         time.sleep(0.2)
     raise TargetError(f"{url} is not healthy after {timeout:.0f}s ({last})")
-

@@ -57,6 +57,7 @@ def cron_status(
     json_output: bool = flag_option("--json", help="One JSON document."),
 ) -> None:
     """The job's schedule and its last runs (pg_cron's job_run_details on Supabase)."""
+    from rollout.adapters.targets import failed_call
     from rollout.engine.targets import build_target
 
     loaded = _resolve(plan)
@@ -69,12 +70,19 @@ def cron_status(
         out.print(f"no job {job!r} on {loaded.environment}")
         raise typer.Exit(1)
     out.print(f"{job}: '{status['job'].get('schedule')}' UTC → {status['job'].get('function', '')}")
-    if not status.get("runs"):
+    runs = status.get("runs", [])
+    if not runs:
         out.print("no runs yet")
         return
-    table = Table("started", "finished", "status", "detail")
-    for run in status.get("runs", []):
+    table = Table("started", "finished", "status", "HTTP", "detail")
+    for run in runs:
         table.add_row(str(run.get("started") or run.get("start_time")),
                       str(run.get("finished") or run.get("end_time")), str(run.get("status")),
+                      str(run.get("http_status") or run.get("http_error") or "—"),
                       str(run.get("detail") or run.get("return_message") or ""))
     out.print(table)
+    # pg_cron's "succeeded" only means the request was queued: the function's answer decides.
+    failed = failed_call(runs[0]) if runs else None
+    if failed:
+        out.print(f"[red]the last run of {job} called the function and got {failed}[/red]")
+        raise typer.Exit(1)

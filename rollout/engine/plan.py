@@ -44,6 +44,8 @@ class SupabaseTarget(Strict):
     jwt_secret: str = Field("", description="The project's JWT secret, to mint smoke-test tokens.")
     api_url: str | None = Field(None, description="Management API base URL (default: "
                                  "SUPABASE_API_URL or https://api.supabase.com).")
+    rate_limit_wait: float = Field(90, ge=0, le=900, description="Seconds a Management API call "
+                                   "may wait in total for rate limits (429) to clear.")
 
 
 class Notifications(Strict):
@@ -58,7 +60,8 @@ class StepSpec(Strict):
     params: dict[str, Any] = Field(default_factory=dict, alias="with")
     description: str | None = None
     when: bool | str | None = Field(
-        None, description="Run only when true (after ${VAR} interpolation).")
+        None, description="Run only when true (after ${VAR} interpolation); `not <value>` "
+        "inverts.")
     on_failure: Literal["rollback", "stop", "continue"] | None = None
 
     @field_validator("id")
@@ -208,6 +211,8 @@ def _truthy(value: bool | str | None, source: yamlsource.Source,
     if value is None or isinstance(value, bool):
         return value is not False
     word = value.strip().lower()
+    if word.startswith("not "):  # `when: not ${FLAG}`: the other branch of the same flag
+        return not _truthy(word[4:], source, loc)
     if word in TRUE_WORDS:
         return True
     if word in FALSE_WORDS:

@@ -298,7 +298,9 @@ def _functions(plan: Plan, facts: _Facts, target: Target | None) -> Item:
         return item
     proofs: list[str] = []
     for planned in deploys:
-        paths: dict[str, str] = getattr(planned.step.params, "health_paths", {})
+        paths: dict[str, str] = {
+            f.name: f.health_path for f in getattr(planned.step.params, "functions", [])
+            if getattr(f, "health_path", None)}
         recorded = facts.states[planned.spec.id].detail.get("functions", {})
         for name, path in paths.items():
             if target is not None:

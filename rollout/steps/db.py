@@ -10,11 +10,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, ClassVar, Literal
 
+import psycopg
 from pydantic import AfterValidator, Field
 
 from rollout.adapters import database as db
 from rollout.adapters import expectations
-from rollout.errors import StepFailed, TargetError, UsageError
+from rollout.errors import RolloutError, StepFailed, TargetError, UsageError
 from rollout.paths import project_root
 from rollout.steps.base import Detail, Params, Step, StepContext, project_file
 
@@ -31,6 +32,18 @@ def sha256_file(path: Path) -> str:
 
 
 # ---- db.backup -------------------------------------------------------------------------------
+
+
+def _client_too_old(tool: str, server_major: int) -> str | None:
+    tool_major = db.tool_major(tool)
+    if tool_major < server_major:
+        return f"pg_dump {tool_major} cannot dump a PostgreSQL {server_major} server"
+    return None
+
+
+def _client_fix(server_major: int) -> str:
+    return (f"install postgresql-client-{server_major} (Debian/Ubuntu: from apt.postgresql.org, "
+            f"`sudo apt-get install -y postgresql-client-{server_major}`)")
 
 
 class BackupParams(Params):
@@ -54,14 +67,20 @@ class DbBackup(Step):
         if not Path(tool).exists() and not shutil.which(tool):
             raise UsageError(f"pg_dump not found ({tool})",
                              hint="install the PostgreSQL client matching the server's version")
+        try:
+            server_major = db.server_version(ctx.target.db_url) // 10000
+        except (RolloutError, OSError, psycopg.Error):
+            return  # not reachable yet (a local stack not up): apply checks again
+        problem = _client_too_old(tool, server_major)
+        if problem:  # before anything changes, with the fix
+            raise UsageError(problem, hint=_client_fix(server_major))
 
     def apply(self, ctx: StepContext) -> Detail:
         tool = ctx.target.pg_tool("pg_dump")
         server_major = db.server_version(ctx.target.db_url) // 10000
-        tool_major = db.tool_major(tool)
-        if tool_major < server_major:
-            raise StepFailed(f"pg_dump {tool_major} cannot dump a PostgreSQL {server_major} "
-                             f"server: install postgresql-client-{server_major}")
+        problem = _client_too_old(tool, server_major)
+        if problem:
+            raise StepFailed(f"{problem}: {_client_fix(server_major)}")
         folder = ctx.artifacts.parent.parent / self.params.dir
         folder.mkdir(parents=True, exist_ok=True)
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")

@@ -3,31 +3,46 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from pydantic import Field, field_validator
 
-from rollout.adapters.targets import sha256_text, wait_healthy
-from rollout.errors import StepFailed, UsageError
+from rollout.adapters.function_bundle import collect_bundle
+from rollout.adapters.targets import probe_headers, sha256_text, wait_healthy
+from rollout.errors import RolloutError, StepFailed, UsageError
 from rollout.steps.base import Detail, Params, Step, StepContext
 
-DENO_CONFIG = ("deno.json", "deno.lock")
-"""Beside `functions_dir`: the import map and lock deployed with every function's bundle."""
+
+class FunctionSpec(Params):
+    """One function of a deploy: what the platform checks before it runs, and how to probe it."""
+
+    name: str
+    verify_jwt: bool = Field(
+        True, description="The platform answers 401 before the function runs unless the request "
+        "carries a valid JWT (the platform's default). Set false for functions that "
+        "authenticate callers themselves (JWKS, secret key in apikey).")
+    health_path: str | None = Field(None, description="Path answering 200 when healthy.")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, name: str) -> str:
+        if not name.replace("-", "").replace("_", "").isalnum() or name.startswith("_"):
+            raise ValueError(f"{name!r} is not a function name")
+        return name
 
 
 class DeployParams(Params):
-    functions: list[str] = Field(min_length=1, description="Folders under functions/.")
+    functions: list[FunctionSpec] = Field(
+        min_length=1, description="Folders under functions/: a name, or {name, verify_jwt, "
+        "health_path}.")
     functions_dir: str = "functions"
-    health_paths: dict[str, str] = Field(
-        default_factory=dict, description="function → path answering 200 when healthy")
 
-    @field_validator("functions")
+    @field_validator("functions", mode="before")
     @classmethod
-    def _names(cls, names: list[str]) -> list[str]:
-        for name in names:
-            if not name.replace("-", "").replace("_", "").isalnum() or name.startswith("_"):
-                raise ValueError(f"{name!r} is not a function name")
-        return names
+    def _names(cls, items: Any) -> Any:
+        if isinstance(items, list):
+            return [{"name": i} if isinstance(i, str) else i for i in items]
+        return items
 
 
 class EdgeDeploy(Step):
@@ -38,41 +53,61 @@ class EdgeDeploy(Step):
     params: DeployParams
 
     def describe(self) -> str:
-        return f"deploy {', '.join(self.params.functions)}"
+        return "deploy " + ", ".join(
+            f.name + ("" if f.verify_jwt else " (verify_jwt off)") for f in self.params.functions)
 
     def shipped_files(self, root: Path) -> list[Path]:
-        """Each function's bundle: its folder and `_shared` (as `bundle_digest` hashes them),
-        plus the Deno config and lock deployed with them (they pin the npm modules)."""
-        functions = root / self.params.functions_dir
-        folders = [functions / name for name in self.params.functions] + [functions / "_shared"]
-        files = {path for folder in folders for path in folder.rglob("*") if path.is_file()}
-        files.update(path for name in DENO_CONFIG if (path := functions.parent / name).is_file())
-        return sorted(files)
+        """Exactly what is uploaded: each function's bundle (its sources, the shared modules
+        it imports, the Deno config and lock), as `collect_bundle` gathers it."""
+        repo = (root / self.params.functions_dir).parent
+        return sorted({repo / path for f in self.params.functions
+                       for path in collect_bundle(repo, f.name).files})
 
     def preflight(self, ctx: StepContext) -> None:
         root = ctx.path(self.params.functions_dir)
-        for name in self.params.functions:
-            if not (root / name / "index.ts").is_file():
-                raise UsageError(f"function {name}: {root / name / 'index.ts'} does not exist")
+        for function in self.params.functions:
+            if not (root / function.name / "index.ts").is_file():
+                raise UsageError(f"function {function.name}: "
+                                 f"{root / function.name / 'index.ts'} does not exist")
+            if function.health_path and function.verify_jwt and not self._can_sign(ctx):
+                raise UsageError(
+                    f"function {function.name} has verify_jwt on: the platform answers its "
+                    "health probe 401 unless it carries a JWT, and the target has none",
+                    hint="set verify_jwt: false for a function that authenticates callers "
+                         "itself, or give the target the legacy anon key / jwt_secret")
 
     def apply(self, ctx: StepContext) -> Detail:
         keep = ctx.artifacts / "previous-functions"
-        return ctx.target.functions.deploy(self.params.functions,
-                                           ctx.path(self.params.functions_dir), keep)
+        settings = {f.name: f.verify_jwt for f in self.params.functions}
+        return ctx.target.functions.deploy(settings, ctx.path(self.params.functions_dir), keep)
 
     def verify(self, ctx: StepContext, detail: Detail) -> None:
         live = ctx.target.functions.live()
+        paths = {f.name: f.health_path for f in self.params.functions}
         for name, entry in detail["functions"].items():
             if live.get(name) != entry["version"]:
                 raise StepFailed(f"function {name}: version {entry['version']} is not live "
                                  f"(live: {live.get(name)})")
-            path = self.params.health_paths.get(name)
+            path = paths.get(name)
             if path:
-                latency = wait_healthy(f"{ctx.target.api_url}/functions/v1/{name}{path}")
+                latency = wait_healthy(f"{ctx.target.api_url}/functions/v1/{name}{path}",
+                                       headers=self._probe_headers(ctx))
                 entry["health_ms"] = round(latency, 1)
 
     def rollback(self, ctx: StepContext, detail: Detail) -> Detail:
         return {"undone": True, **ctx.target.functions.rollback(detail)}
+
+    @staticmethod
+    def _probe_headers(ctx: StepContext) -> dict[str, str]:
+        return probe_headers(ctx.target.anon_key, ctx.target.jwt_secret)
+
+    def _can_sign(self, ctx: StepContext) -> bool:
+        """Whether the probe can carry a JWT (unknown before a local stack exists: assume so,
+        it always has its legacy anon key)."""
+        try:
+            return "authorization" in self._probe_headers(ctx)
+        except RolloutError:
+            return True
 
 
 class SecretsParams(Params):
@@ -102,6 +137,11 @@ class EdgeSecrets(Step):
         if self.params.unset:
             parts.append("unset " + ", ".join(sorted(self.params.unset)))
         return "; ".join(parts) or "no change"
+
+    def preflight(self, ctx: StepContext) -> None:
+        empty = sorted(name for name, value in self.params.set.items() if not value)
+        if empty:
+            raise UsageError(f"secret {', '.join(empty)} has no value (is its variable set?)")
 
     def fingerprint(self) -> str:
         digests = {k: sha256_text(v) for k, v in sorted(self.params.set.items())}

@@ -7,6 +7,7 @@ from typing import Any, ClassVar
 from pydantic import Field, field_validator
 
 from rollout.adapters.pg_cron import validate_cron_expression
+from rollout.adapters.targets import failed_call
 from rollout.errors import StepFailed, UsageError
 from rollout.steps.base import Detail, Params, Step, StepContext
 
@@ -14,8 +15,12 @@ from rollout.steps.base import Detail, Params, Step, StepContext
 class ScheduleParams(Params):
     job: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$", description="Job name (idempotency key).")
     schedule: str = Field(description="Five-field cron, UTC, e.g. '0 2 * * *'.")
-    function: str = Field(description="Edge function to POST to, with the service-role key.")
+    function: str = Field(description="Edge function to POST to, with the key in `apikey`.")
     body: dict[str, Any] = Field(default_factory=dict)
+    key_secret: str = Field(
+        "service_role_key", pattern=r"^[A-Za-z0-9_.-]+$",
+        description="Vault secret holding the key the job sends: a secret API key "
+        "(sb_secret_…), or the legacy service-role JWT while the project uses it.")
 
     @field_validator("schedule")
     @classmethod
@@ -39,8 +44,15 @@ class CronSchedule(Step):
 
     def apply(self, ctx: StepContext) -> Detail:
         p = self.params
-        action = ctx.target.scheduler.schedule(p.job, p.schedule, p.function, p.body)
-        return {"job": p.job, "schedule": p.schedule, "action": action}
+        action = ctx.target.scheduler.schedule(p.job, p.schedule, p.function, p.body,
+                                               key_secret=p.key_secret)
+        detail: Detail = {"job": p.job, "schedule": p.schedule, "action": action}
+        runs = ctx.target.scheduler.status(p.job).get("runs") or []
+        if runs:  # pg_cron says "succeeded" even when the function answered 401: show both
+            detail["last_run"] = {k: runs[0].get(k) for k in ("status", "http_status",
+                                                               "http_error")}
+            detail["last_call_failed"] = failed_call(runs[0])
+        return detail
 
     def verify(self, ctx: StepContext, detail: Detail) -> None:
         job = ctx.target.scheduler.status(self.params.job).get("job")

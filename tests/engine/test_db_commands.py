@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from rollout.adapters.targets import LocalTarget
-from rollout.errors import StepFailed
+from rollout.errors import StepFailed, UsageError
 from rollout.steps.base import StepContext
 from rollout.steps.db import BackupParams, DbBackup
 from tests.engine.conftest import Cli
@@ -57,6 +57,9 @@ def test_backup_refuses_a_pg_dump_older_than_the_server(cli: Cli, tmp_path: Path
                       environment="local", operator="pytest", artifacts=tmp_path / "runs" / "x",
                       root=Path.cwd())
     step = DbBackup("backup", BackupParams())
+    with pytest.raises(UsageError, match="pg_dump 15 cannot dump a PostgreSQL 18 server") as early:
+        step.preflight(ctx)  # before anything changes (exit 2), naming the fix
+    assert "postgresql-client-18" in str(early.value.hint)
     with pytest.raises(StepFailed, match="pg_dump 15 cannot dump a PostgreSQL 18 server"):
         step.apply(ctx)
     assert not list((tmp_path / "backups").glob("*")) if (tmp_path / "backups").exists() else True

@@ -146,16 +146,14 @@ def test_supabase_error_rate_comes_from_the_edge_logs() -> None:
                              "supabase_url": f"https://{ref}.supabase.co", "api_url": base})
     counts = {"send-broadcast": (2000, 3), "reset-broadcast-quotas": (10, 0)}
     with respx.mock(base_url=base, assert_all_called=True) as router:
-        for slug in counts:
-            router.get(f"/v1/projects/{ref}/functions/{slug}").respond(json={
-                "id": f"id-{slug}", "slug": slug, "name": slug, "status": "ACTIVE",
-                "version": 4})
-        logs = router.get(f"/v1/projects/{ref}/analytics/endpoints/logs.all")
+        # The ClickHouse logs endpoint (logs.all was removed on 2026-09-23).
+        logs = router.get(f"/v1/projects/{ref}/analytics/endpoints/logs")
         logs.side_effect = [httpx.Response(200, json={"result": [
             {"requests": r, "server_errors": e, "client_errors": 1}]}) for r, e in
             counts.values()]
         strict, _ = error_rate(target, parse_rate("0.1%"))
-        assert "function_edge_logs" in logs.calls[0].request.url.params["sql"]
+        sql = logs.calls[0].request.url.params["sql"]
+        assert "source_name = 'function_edge_logs'" in sql and "/send-broadcast(" in sql
     assert strict.ok is False and strict.detail["requests"] == 2010
     assert strict.detail["errors"] == 3
     assert strict.detail["per_function"]["send-broadcast"] == {"requests": 2000, "errors": 3}

@@ -107,7 +107,9 @@ def test_no_secret_appears_in_output_journal_artifacts_or_logs(
     # Control: the value is on disk where it belongs, so a byte scan does find it there.
     assert known["MY_SECRET"].encode() in (stack.secrets_dir / "function_secrets.json").read_bytes()
     values |= {"jwt_secret": stack.secret("jwt_secret"), "anon_key": stack.secret("anon_key"),
-               "service_role_key": stack.secret("service_role_key")}
+               "service_role_key": stack.secret("service_role_key"),
+               "secret API key": stack.secret("secret_key"),
+               "signing key": stack.secret("signing_key")}
     # The local stack's own keys exist before the first command that could print them.
     for args in (("apply", plan), ("apply", plan, "--json"), ("plan", plan),
                  ("plan", plan, "--json"), ("status", plan), ("status", plan, "--json"),

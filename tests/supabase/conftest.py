@@ -1,10 +1,17 @@
-"""A tiny in-memory Supabase Management API, faked at the HTTP boundary.
+"""A tiny in-memory Supabase Management API and function gateway, faked at the HTTP boundary.
 
 It answers the published request/response shapes (OpenAPI `FunctionResponse`,
-`DeployFunctionResponse`, `BulkUpdateFunctionResponse`, `SecretResponse`, logs.all results) and
-keeps state: functions with versions and source files, bundles staged by `bundleOnly` until a
-bulk update switches them live, secrets (reported by SHA-256 digest only), and function edge
-logs. Every request is recorded so tests can assert method, path, query, headers and body.
+`DeployFunctionResponse`, `BulkUpdateFunctionResponse`, `SecretResponse`, logs.all results) with
+the headers real responses carry (`recorded/`, from supabase/cli's recorded fixtures):
+`x-ratelimit-*`, `x-gotrue-id`, `cf-ray`, and no `x-request-id`. It keeps state: functions with
+versions, source files and a server-side bundle hash (`ezbr_sha256`), bundles staged by
+`bundleOnly` until a bulk update switches them live (the bulk update keeps the version it is
+given: the spec says to "manually bump the version"), secrets (reported by SHA-256 digest only),
+and function edge logs. It enforces the platform's rules: 120 requests per minute per endpoint
+(429 for the rest of the minute), no `SUPABASE_*` secrets, and, on the function gateway,
+401 `{"msg": "Invalid JWT"}` before a `verify_jwt` function runs unless the request carries a
+JWT signed with the legacy secret or the project's ES256 signing key. Every request is recorded
+so tests can assert method, path, query, headers and body.
 """
 
 from __future__ import annotations
@@ -13,14 +20,18 @@ import email.parser
 import email.policy
 import hashlib
 import json
+import math
 import re
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+import jwt
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from rollout.adapters.supabase_api import ManagementAPI
 
@@ -28,6 +39,8 @@ REF = "abcdefghijklmnopqrst"
 TOKEN = "sbp_fake0123456789abcdef0123456789abcdef"
 BASE_URL = "https://api.supabase.com"
 NOW_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+RATE_LIMIT = 120  # requests per minute per user, project and endpoint (docs; recorded headers)
+SIGNING_KID = "fake-es256-key"
 
 
 @dataclass
@@ -45,6 +58,14 @@ class StoredFunction:
     status: str = "ACTIVE"
     created_at: int = NOW_MS
 
+    @property
+    def ezbr_sha256(self) -> str:
+        """The platform's bundle hash: here a digest of the uploaded paths and contents."""
+        digest = hashlib.sha256()
+        for path in sorted(self.files):
+            digest.update(path.encode() + b"\0" + self.files[path] + b"\0")
+        return digest.hexdigest()
+
     def source_root(self) -> str:
         return f"/tmp/user_fn_{REF}_{self.id}_{self.version}/source"
 
@@ -61,9 +82,7 @@ class StoredFunction:
             "verify_jwt": self.verify_jwt,
             "import_map": self.import_map is not None,
             "entrypoint_path": f"file://{self.source_root()}/{self.entrypoint}",
-            "ezbr_sha256": hashlib.sha256(
-                b"".join(self.files[k] for k in sorted(self.files))
-            ).hexdigest(),
+            "ezbr_sha256": self.ezbr_sha256,
         }
         if self.import_map:
             body["import_map_path"] = f"file://{self.source_root()}/{self.import_map}"
@@ -76,13 +95,23 @@ class FakeSupabase:
 
     token: str = TOKEN
     functions: dict[str, StoredFunction] = field(default_factory=dict)
-    staged: dict[tuple[str, str, int], StoredFunction] = field(default_factory=dict)
+    staged: dict[tuple[str, str], StoredFunction] = field(default_factory=dict)
     secrets: dict[str, str] = field(default_factory=dict)
-    edge_logs: dict[str, list[int]] = field(default_factory=dict)  # function id → statuses
+    edge_logs: dict[str, list[int]] = field(default_factory=dict)  # function slug → statuses
     requests: list[httpx.Request] = field(default_factory=list)
     faults: list[Callable[[httpx.Request], httpx.Response | None]] = field(default_factory=list)
     body_as_eszip: bool = False
-    activation_bumps_version: bool = True
+    ignore_activation: bool = False  # a cheat: the bulk update answers 200 and changes nothing
+    jwt_secret: str | None = None  # the legacy HS256 secret, while the project still has it
+    signing_key: ec.EllipticCurvePrivateKey = field(
+        default_factory=lambda: ec.generate_private_key(ec.SECP256R1())
+    )
+    clock: float = 0.0  # seconds; the API's sleep advances it, so rate-limit windows pass
+    realtime: bool = False  # use the wall clock instead (a fake served to a subprocess)
+    rate_limit: int = RATE_LIMIT
+    window: float = 60.0  # seconds per rate-limit window (the platform's: a minute)
+    rate_limited: int = 0  # how many requests were answered 429
+    _windows: dict[str, tuple[int, int]] = field(default_factory=dict)
     _counter: int = 0
 
     # -- wiring ----------------------------------------------------------------------------
@@ -93,14 +122,30 @@ class FakeSupabase:
 
     def api(self, sleeps: list[float] | None = None, **kwargs: Any) -> ManagementAPI:
         record = sleeps if sleeps is not None else []
+
+        def sleep(seconds: float) -> None:
+            record.append(seconds)
+            self.clock += seconds
+
         return ManagementAPI(
-            REF,
-            self.token,
-            base_url=BASE_URL,
-            transport=self.transport,
-            sleep=record.append,
-            **kwargs,
+            REF, self.token, base_url=BASE_URL, transport=self.transport, sleep=sleep, **kwargs
         )
+
+    def user_token(self, sub: str, *, legacy: bool = False, ttl: int = 600) -> str:
+        """A user JWT as Auth issues it: ES256 with the signing key, or legacy HS256."""
+        now = int(time.time())
+        claims = {"sub": sub, "role": "authenticated", "aud": "authenticated",
+                  "iat": now, "exp": now + ttl}
+        if legacy:
+            assert self.jwt_secret, "the project has no legacy JWT secret"
+            return jwt.encode(claims, self.jwt_secret, algorithm="HS256")
+        return jwt.encode(claims, self.signing_key, algorithm="ES256",
+                          headers={"kid": SIGNING_KID})
+
+    def jwks(self) -> dict[str, Any]:
+        """The project's public JWKS (what functions get as `SUPABASE_JWKS`)."""
+        key = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(self.signing_key.public_key()))
+        return {"keys": [{**key, "kid": SIGNING_KID, "alg": "ES256", "use": "sig"}]}
 
     def seed(self, slug: str, files: dict[str, bytes], entrypoint: str, version: int = 1) -> None:
         self.functions[slug] = StoredFunction(
@@ -123,7 +168,12 @@ class FakeSupabase:
     def handle(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(request)
         self._counter += 1
-        rid = {"x-request-id": f"req-{self._counter:04d}"}
+        response = self._dispatch(request)
+        for name, value in self._headers(request, response).items():
+            response.headers.setdefault(name, value)
+        return response
+
+    def _dispatch(self, request: httpx.Request) -> httpx.Response:
         for fault in list(self.faults):
             try:
                 injected = fault(request)
@@ -132,17 +182,97 @@ class FakeSupabase:
                 raise
             if injected is not None:
                 self.faults.remove(fault)
-                injected.headers.update(rid)
                 return injected
         if request.headers.get("authorization") != f"Bearer {self.token}":
-            return httpx.Response(401, json={"message": "Unauthorized"}, headers=rid)
+            return httpx.Response(401, json={"message": "Unauthorized"})
+        limited = self._rate_limited(request)
+        if limited is not None:
+            return limited
         prefix = f"/v1/projects/{REF}/"
         if not request.url.path.startswith(prefix):
-            return httpx.Response(404, json={"message": "Project not found"}, headers=rid)
-        route = request.url.path[len(prefix) :]
-        response = self._route(request, route)
-        response.headers.update(rid)
-        return response
+            return httpx.Response(404, json={"message": "Project not found"})
+        return self._route(request, request.url.path[len(prefix) :])
+
+    def _endpoint(self, request: httpx.Request) -> str:
+        path = re.sub(r"/functions/(?!deploy$)[A-Za-z][A-Za-z0-9_-]*", "/functions/{slug}",
+                      request.url.path)
+        return f"{request.method} {path}"
+
+    def now(self) -> float:
+        return time.monotonic() if self.realtime else self.clock
+
+    def _rate_limited(self, request: httpx.Request) -> httpx.Response | None:
+        """`rate_limit` per window per endpoint; over it, 429 for the rest of the window."""
+        window = int(self.now() // self.window)
+        key = self._endpoint(request)
+        start, count = self._windows.get(key, (window, 0))
+        count = count + 1 if start == window else 1
+        self._windows[key] = (window, count)
+        if count > self.rate_limit:
+            self.rate_limited += 1
+            return httpx.Response(429, json={"message": "Too many requests"})
+        return None
+
+    def _headers(self, request: httpx.Request, response: httpx.Response) -> dict[str, str]:
+        """What real responses carry (recorded): rate-limit counters, cf-ray, no request id."""
+        now = self.now()
+        window, count = self._windows.get(self._endpoint(request), (int(now // self.window), 0))
+        reset = math.ceil((window + 1) * self.window - now)
+        headers = {
+            "x-ratelimit-limit": str(self.rate_limit),
+            "x-ratelimit-remaining": str(max(self.rate_limit - count, 0)),
+            "x-ratelimit-reset": str(reset),
+            "x-gotrue-id": "00000000-0000-4000-8000-00000000abcd",
+            "cf-ray": cf_ray(self._counter),
+        }
+        if response.headers.get("content-type") == "application/json":
+            response.headers["content-type"] = "application/json; charset=utf-8"
+        return headers
+
+    # -- the function gateway (https://<ref>.supabase.co/functions/v1/<slug>/…) --------------
+
+    def invoke(
+        self,
+        request: httpx.Request,
+        run: Callable[[StoredFunction, httpx.Request], httpx.Response] | None = None,
+    ) -> httpx.Response:
+        """The hosted gateway: 404 for no such function, 401 before a verify_jwt function runs
+        without a valid JWT (legacy HS256 or the signing key's ES256), else the function: `run`
+        (a real runtime for the deployed files), or a stand-in whose `/health` answers 200 and
+        names the bundle hash serving it."""
+        self.requests.append(request)
+        slug = request.url.path.split("/")[3]
+        stored = self.functions.get(slug)
+        if stored is None or stored.status != "ACTIVE":
+            return httpx.Response(404, json={"code": "NOT_FOUND",
+                                             "message": "Requested function was not found"})
+        if request.method != "OPTIONS" and stored.verify_jwt and not self._valid_jwt(request):
+            return httpx.Response(401, json={"msg": "Invalid JWT"})
+        if run is not None:
+            return run(stored, request)
+        if request.url.path.endswith("/health"):
+            return httpx.Response(200, json={"status": "ok", "db": "ok",
+                                             "bundle": stored.ezbr_sha256})
+        return httpx.Response(404, json={"error": "not found"})
+
+    def _valid_jwt(self, request: httpx.Request) -> bool:
+        header = request.headers.get("authorization", "")
+        bearer, _, token = header.partition(" ")
+        if bearer != "Bearer" or not token:
+            return False
+        try:
+            alg = jwt.get_unverified_header(token).get("alg")
+            if alg == "HS256" and self.jwt_secret:
+                jwt.decode(token, self.jwt_secret, algorithms=["HS256"],
+                           options={"verify_aud": False})
+            elif alg == "ES256":
+                jwt.decode(token, self.signing_key.public_key(), algorithms=["ES256"],
+                           options={"verify_aud": False})
+            else:
+                return False
+        except jwt.PyJWTError:
+            return False
+        return True
 
     def _route(self, request: httpx.Request, route: str) -> httpx.Response:
         method = request.method
@@ -154,7 +284,7 @@ class FakeSupabase:
             return self._deploy(request)
         if route == "secrets":
             return self._secrets(request)
-        if route == "analytics/endpoints/logs.all" and method == "GET":
+        if route == "analytics/endpoints/logs" and method == "GET":
             return self._logs(request)
         match = re.fullmatch(r"functions/([A-Za-z][A-Za-z0-9_-]*)(/body)?", route)
         if match:
@@ -169,7 +299,7 @@ class FakeSupabase:
             return httpx.Response(404, json={"message": f"Function {slug} not found"})
         if request.method == "DELETE" and not body:
             del self.functions[slug]
-            return httpx.Response(200)
+            return httpx.Response(200, json={"message": "ok"})
         if request.method != "GET":
             return httpx.Response(405)
         if not body:
@@ -194,7 +324,9 @@ class FakeSupabase:
             id=existing.id if existing else str(uuid.uuid4()),
             slug=slug,
             name=str(metadata.get("name", slug)),
-            version=(existing.version if existing else 0) + 1,
+            # A direct deploy makes a new version; a bundle-only upload is not a version yet
+            # (the bulk update keeps whatever version it is sent).
+            version=(existing.version if existing else 0) + (0 if bundle_only and existing else 1),
             verify_jwt=bool(metadata.get("verify_jwt", True)),
             entrypoint=entry,
             import_map=metadata.get("import_map_path"),
@@ -202,7 +334,7 @@ class FakeSupabase:
             created_at=existing.created_at if existing else NOW_MS,
         )
         if bundle_only:
-            self.staged[(stored.id, slug, stored.version)] = stored
+            self.staged[(stored.id, slug)] = stored  # the latest upload of that function
         else:
             self.functions[slug] = stored
         return httpx.Response(201, json=stored.response())
@@ -214,12 +346,13 @@ class FakeSupabase:
         for item in items:
             for key in ("id", "slug", "name", "status", "version"):
                 assert key in item, f"BulkUpdateFunctionBody item lacks {key}"
-            stored = self.staged.pop((item["id"], item["slug"], item["version"]), None)
+            stored = self.staged.pop((item["id"], item["slug"]), None)
             if stored is None:
                 return httpx.Response(400, json={"message": f"no bundle for {item['slug']}"})
-            if not self.activation_bumps_version and item["slug"] in self.functions:
-                stored.version = self.functions[item["slug"]].version
-            self.functions[stored.slug] = stored
+            stored.version = int(item["version"])  # "you will need to manually bump the version"
+            stored.verify_jwt = bool(item.get("verify_jwt", stored.verify_jwt))
+            if not self.ignore_activation:
+                self.functions[stored.slug] = stored
             activated.append(stored.response())
         return httpx.Response(200, json={"functions": activated})
 
@@ -245,25 +378,35 @@ class FakeSupabase:
                     return httpx.Response(400, json={"message": "reserved name"})
             for item in body:
                 self.secrets[item["name"]] = item["value"]
-            return httpx.Response(201)
+            return httpx.Response(201)  # recorded: 201, empty body, no content-type
         if request.method == "DELETE":
             for name in body:
                 self.secrets.pop(name, None)
-            return httpx.Response(200, json={})
+            return httpx.Response(200)  # recorded: 200, empty body
         return httpx.Response(405)
 
     def _logs(self, request: httpx.Request) -> httpx.Response:
+        """The ClickHouse logs endpoint: one `logs` table, sources told apart by `source_name`;
+        edge-log rows are `METHOD | STATUS | URL`. Only the query shape used here is understood,
+        anything else answers the endpoint's error shape (`logs.all` itself is gone: 404)."""
         sql = request.url.params.get("sql", "")
-        match = re.search(r"function_id = '([A-Za-z0-9_-]+)'", sql)
-        if "function_edge_logs" not in sql or match is None:
+        slug = re.search(r"match\(event_message, '/functions/v1/([A-Za-z][A-Za-z0-9_-]*)\(", sql)
+        if "from logs " not in sql or "source_name = 'function_edge_logs'" not in sql or not slug:
             return httpx.Response(200, json={"result": [], "error": {"message": "bad query"}})
-        statuses = self.edge_logs.get(match.group(1), [])
+        rows = [f"POST | {s} | https://{REF}.supabase.co/functions/v1/{slug.group(1)}"
+                for s in self.edge_logs.get(slug.group(1), [])]
+        statuses = [int(r.split("|")[1]) for r in rows]
         row = {
             "requests": len(statuses),
             "server_errors": sum(1 for s in statuses if s >= 500),
             "client_errors": sum(1 for s in statuses if 400 <= s < 500),
         }
         return httpx.Response(200, json={"result": [row]})
+
+
+def cf_ray(n: int) -> str:
+    """The Cloudflare ray id of the n-th response (the only request id real responses carry)."""
+    return f"8f{n:014x}-AMS"
 
 
 def parse_deploy_form(request: httpx.Request) -> tuple[dict[str, Any], dict[str, bytes]]:

@@ -85,3 +85,45 @@ def test_repository_functions_bundle_with_shared_code() -> None:
     assert "functions/send-broadcast/index.ts" in bundle.files
     assert any(p.startswith("functions/_shared/") for p in bundle.files)
     assert not any(p.endswith("_test.ts") for p in bundle.files)
+
+
+def test_the_lock_beside_the_import_map_ships_with_the_bundle(tree: Path) -> None:
+    write(tree, "deno.lock", '{"version": "5"}\n')
+    bundle = collect_bundle(tree, "hello")
+    assert bundle.files["deno.lock"] == b'{"version": "5"}\n'
+    first = bundle.sha256
+    write(tree, "deno.lock", '{"version": "5", "npm": {}}\n')
+    assert collect_bundle(tree, "hello").sha256 != first
+
+
+def test_edge_deploy_ships_exactly_what_is_uploaded() -> None:
+    from rollout.steps.edge import DeployParams, EdgeDeploy
+
+    params = DeployParams.model_validate(
+        {"functions": ["reset-broadcast-quotas",
+                       {"name": "send-broadcast", "verify_jwt": False, "health_path": "/health"}]})
+    assert [(f.name, f.verify_jwt) for f in params.functions] == [
+        ("reset-broadcast-quotas", True), ("send-broadcast", False)]
+    shipped = {p.relative_to(REPO).as_posix()
+               for p in EdgeDeploy("deploy", params).shipped_files(REPO)}
+    uploaded = {path for name in ("send-broadcast", "reset-broadcast-quotas")
+                for path in collect_bundle(REPO, name).files}
+    assert shipped == uploaded and {"deno.json", "deno.lock"} <= shipped
+
+
+def test_the_plan_says_whether_the_legacy_jwt_secret_is_shipped() -> None:
+    from rollout.engine.plan import load_plan
+    from rollout.errors import PlanError
+
+    env = {"SUPABASE_PROJECT_REF": "abcdefghijklmnopqrst", "DATABASE_URL": "postgresql://db/p",
+           "SUPABASE_URL": "https://abcdefghijklmnopqrst.supabase.co",
+           "SUPABASE_ACCESS_TOKEN": "t", "SUPABASE_ANON_KEY": "sb_publishable_x",
+           "SUPABASE_SERVICE_ROLE_KEY": "", "SUPABASE_JWT_SECRET": "legacy-secret"}
+    for legacy, expected in ((None, (True, False)), ("true", (True, False)),
+                             ("false", (False, True))):
+        extra = {} if legacy is None else {"SUPABASE_LEGACY_JWT": legacy}
+        plan = load_plan(REPO / "plans" / "production.yaml", {**env, **extra})
+        enabled = {p.spec.id: p.enabled for p in plan.steps}
+        assert (enabled["function-secrets"], enabled["no-legacy-jwt-secret"]) == expected
+    with pytest.raises(PlanError, match="`when` must be true or false"):
+        load_plan(REPO / "plans" / "production.yaml", {**env, "SUPABASE_LEGACY_JWT": "maybe"})

@@ -92,7 +92,7 @@ def test_deploy_sends_metadata_and_file_parts(fake: FakeSupabase) -> None:
         verify_jwt=False,
         import_map_path="deno.json",
     )
-    (request,) = fake.requests
+    (request,) = fake.calls("POST", "functions/deploy")
     assert request.method == "POST"
     assert request.url.path == f"/v1/projects/{REF}/functions/deploy"
     assert dict(request.url.params) == {"slug": "send-broadcast"}
@@ -148,7 +148,7 @@ def test_download_of_missing_function_is_none(fake: FakeSupabase) -> None:
 def test_download_refuses_an_eszip_body(fake: FakeSupabase) -> None:
     fake.seed("send-broadcast", OLD_FILES, "functions/send-broadcast/index.ts")
     fake.body_as_eszip = True
-    with pytest.raises(TargetError, match=r"not multipart.*request id req-"):
+    with pytest.raises(TargetError, match=r"not multipart.*request id 8f"):
         fake.api().download_function("send-broadcast")
 
 
@@ -259,13 +259,33 @@ def test_rollback_refuses_a_modified_kept_source(fake: FakeSupabase, tmp_path: P
     assert fake.functions["send-broadcast"].files == NEW_FILES
 
 
-def test_deploy_fails_naming_function_when_version_not_bumped(
+def test_bulk_deploy_bumps_versions_and_is_verified_by_bundle_hash(
+    fake: FakeSupabase, tmp_path: Path
+) -> None:
+    # The bulk update keeps the version it is sent (the spec: "manually bump the version").
+    fake.seed("send-broadcast", OLD_FILES, "functions/send-broadcast/index.ts", version=3)
+    fake.seed("reset-broadcast-quotas", QUOTA_FILES, "functions/reset-broadcast-quotas/index.ts")
+    old_hash = fake.functions["send-broadcast"].ezbr_sha256
+    record = deploy_all(
+        fake.api(),
+        [bundle("send-broadcast", NEW_FILES), bundle("reset-broadcast-quotas", QUOTA_FILES)],
+        tmp_path,
+    )
+    (item, _) = json.loads(fake.calls("PUT", "functions")[0].content)
+    assert item["slug"] == "send-broadcast" and item["version"] == 4
+    live = fake.functions["send-broadcast"]
+    deployed = {d.slug: d for d in record.deployed}
+    assert deployed["send-broadcast"].ezbr_sha256 == live.ezbr_sha256 != old_hash
+    assert {p.slug: p.ezbr_sha256 for p in record.previous}["send-broadcast"] == old_hash
+
+
+def test_deploy_fails_when_the_activation_leaves_the_old_bundle_live(
     fake: FakeSupabase, tmp_path: Path
 ) -> None:
     fake.seed("send-broadcast", OLD_FILES, "functions/send-broadcast/index.ts", version=3)
     fake.seed("reset-broadcast-quotas", QUOTA_FILES, "functions/reset-broadcast-quotas/index.ts")
-    fake.activation_bumps_version = False
-    with pytest.raises(DeployError, match=r"send-broadcast is still at version 3") as info:
+    fake.ignore_activation = True  # answers 200 with the new records, changes nothing
+    with pytest.raises(DeployError, match=r"send-broadcast serves bundle \w+ after deploy") as info:
         deploy_all(
             fake.api(),
             [bundle("send-broadcast", NEW_FILES), bundle("reset-broadcast-quotas", QUOTA_FILES)],
@@ -278,6 +298,37 @@ def test_deploy_fails_naming_function_when_version_not_bumped(
     assert info.value.exit_code == 1
 
 
+def test_rollback_that_leaves_the_new_bundle_live_fails(fake: FakeSupabase, tmp_path: Path) -> None:
+    fake.seed("send-broadcast", OLD_FILES, "functions/send-broadcast/index.ts", version=3)
+    fake.seed("reset-broadcast-quotas", QUOTA_FILES, "functions/reset-broadcast-quotas/index.ts")
+    api = fake.api()
+    new = {**QUOTA_FILES, "functions/reset-broadcast-quotas/index.ts": b"// v-new\n"}
+    record = deploy_all(
+        api, [bundle("send-broadcast", NEW_FILES), bundle("reset-broadcast-quotas", new)], tmp_path
+    )
+    fake.ignore_activation = True
+    with pytest.raises(
+        TargetError, match=r"rollback incomplete.*the release's bundle is still live"
+    ):
+        rollback(api, record)
+    assert fake.functions["send-broadcast"].files == NEW_FILES
+    fake.ignore_activation = False
+    report = rollback(api, record)  # once the platform switches, the same record succeeds
+    assert set(report.restored) == {"send-broadcast", "reset-broadcast-quotas"}
+    assert fake.functions["send-broadcast"].files == OLD_FILES
+
+
+def test_rollback_is_verified_by_hash_not_version(fake: FakeSupabase, tmp_path: Path) -> None:
+    # Same version number, different code: only the bundle hash tells them apart.
+    fake.seed("send-broadcast", OLD_FILES, "functions/send-broadcast/index.ts", version=3)
+    api = fake.api()
+    record = deploy_all(api, [bundle("send-broadcast", NEW_FILES)], tmp_path)
+    fake.functions["send-broadcast"].version = 3
+    report = rollback(api, record)
+    assert report.restored == ("send-broadcast",)
+    assert fake.functions["send-broadcast"].files == OLD_FILES
+
+
 def test_deploy_error_carries_record_when_upload_fails(fake: FakeSupabase, tmp_path: Path) -> None:
     fake.seed("send-broadcast", OLD_FILES, "functions/send-broadcast/index.ts", version=3)
     fake.faults.append(
@@ -287,7 +338,7 @@ def test_deploy_error_carries_record_when_upload_fails(fake: FakeSupabase, tmp_p
             else None
         )
     )
-    with pytest.raises(DeployError, match=r"HTTP 400: Failed to bundle \(request id req-") as info:
+    with pytest.raises(DeployError, match=r"HTTP 400: Failed to bundle \(request id 8f") as info:
         deploy_all(fake.api(), [bundle("send-broadcast", NEW_FILES)], tmp_path)
     assert info.value.record.previous[0].version == 3
     rollback(fake.api(), info.value.record)  # nothing changed: a no-op
@@ -384,7 +435,7 @@ def test_429_honours_retry_after_seconds_and_date(fake: FakeSupabase) -> None:
 def test_gives_up_after_max_attempts_with_request_id(fake: FakeSupabase) -> None:
     fake.faults.extend(lambda r: httpx.Response(502, text="bad gateway") for _ in range(5))
     sleeps: list[float] = []
-    with pytest.raises(TargetError, match=r"HTTP 502 after 5 attempts.*\(request id req-0005\)"):
+    with pytest.raises(TargetError, match=r"HTTP 502 after 5 attempts.*\(request id 8f0+5-AMS\)"):
         fake.api(sleeps).list_functions()
     assert len(fake.requests) == 5 and len(sleeps) == 4
 
@@ -409,6 +460,103 @@ def test_transport_errors_exhausted_give_target_error() -> None:
         api.list_functions()
 
 
+# -- writes are not retried blindly; rate limits are waited out ---------------------------------
+
+
+def applied_then(fake: FakeSupabase, method: str, status: int | None) -> None:
+    """A fault: the platform applies the next `method` write, then answers `status` (None: the
+    connection drops before the answer arrives)."""
+    prefix = f"/v1/projects/{REF}/"
+
+    def fault(request: httpx.Request) -> httpx.Response | None:
+        if request.method != method:
+            return None
+        fake._route(request, request.url.path[len(prefix) :])
+        if status is None:
+            raise httpx.ReadTimeout("timed out", request=request)
+        return httpx.Response(status, text="upstream error")
+
+    fake.faults.append(fault)
+
+
+def failed_before_applying(fake: FakeSupabase, method: str) -> None:
+    fake.faults.append(lambda r: httpx.Response(502) if r.method == method else None)
+
+
+@pytest.mark.parametrize("status", [502, None])
+def test_deploy_answered_5xx_or_timeout_after_applying_is_not_sent_again(
+    fake: FakeSupabase, status: int | None
+) -> None:
+    fake.seed("send-broadcast", OLD_FILES, "functions/send-broadcast/index.ts", version=3)
+    applied_then(fake, "POST", status)
+    result = fake.api().deploy_function(
+        "send-broadcast", NEW_FILES, "functions/send-broadcast/index.ts", True
+    )
+    assert len(fake.calls("POST", "functions/deploy")) == 1  # read back, not re-sent
+    assert result.version == 4 == fake.functions["send-broadcast"].version
+    assert fake.functions["send-broadcast"].files == NEW_FILES
+
+
+def test_deploy_that_did_not_apply_is_sent_once_more(fake: FakeSupabase) -> None:
+    fake.seed("send-broadcast", OLD_FILES, "functions/send-broadcast/index.ts", version=3)
+    failed_before_applying(fake, "POST")
+    result = fake.api().deploy_function(
+        "send-broadcast", NEW_FILES, "functions/send-broadcast/index.ts", True
+    )
+    assert len(fake.calls("POST", "functions/deploy")) == 2
+    assert result.version == 4  # one new version, not two
+
+
+def test_write_that_keeps_failing_is_not_sent_a_third_time(fake: FakeSupabase) -> None:
+    failed_before_applying(fake, "POST")
+    failed_before_applying(fake, "POST")
+    failed_before_applying(fake, "POST")
+    with pytest.raises(TargetError, match=r"HTTP 502.*read back after 2 attempts: not applied"):
+        fake.api().set_secrets({"SMTP_PASSWORD": "hunter2-very-secret"})
+    assert len(fake.calls("POST", "secrets")) == 2
+    assert len(fake.calls("GET", "secrets")) == 2
+
+
+def test_bulk_update_and_secret_writes_read_back_after_5xx(fake: FakeSupabase) -> None:
+    api = fake.api()
+    applied_then(fake, "POST", 500)
+    api.set_secrets({"SMTP_PASSWORD": "hunter2-very-secret"})
+    assert len(fake.calls("POST", "secrets")) == 1 and "SMTP_PASSWORD" in fake.secrets
+    staged = [
+        api.deploy_function(slug, files, f"functions/{slug}/index.ts", True, bundle_only=True)
+        for slug, files in (("send-broadcast", NEW_FILES), ("reset-broadcast-quotas", QUOTA_FILES))
+    ]
+    applied_then(fake, "PUT", 503)
+    live = api.activate_functions(staged)
+    assert len(fake.calls("PUT", "functions")) == 1
+    assert (
+        {f.slug for f in live}
+        == set(fake.functions)
+        == {"send-broadcast", "reset-broadcast-quotas"}
+    )
+    applied_then(fake, "DELETE", None)
+    assert api.delete_function("send-broadcast") is True
+    assert len(fake.calls("DELETE", "functions/send-broadcast")) == 1
+
+
+def test_429_waits_for_the_rate_limit_window_to_reset(fake: FakeSupabase) -> None:
+    sleeps: list[float] = []
+    api = fake.api(sleeps)
+    fake.clock = 45.0  # 15 s left in this minute
+    for _ in range(121):  # the 121st request of the minute is refused …
+        api.list_secrets()
+    assert sleeps == [15.0]  # … and waited out with x-ratelimit-reset, then answered
+    assert len(fake.calls("GET", "secrets")) == 122
+
+
+def test_429_beyond_the_bound_fails_without_waiting(fake: FakeSupabase) -> None:
+    fake.faults.append(lambda r: httpx.Response(429, headers={"x-ratelimit-reset": "55"}))
+    sleeps: list[float] = []
+    with pytest.raises(TargetError, match=r"rate limit \(HTTP 429\).*55s more.*bound of 30s"):
+        fake.api(sleeps, max_rate_limit_wait=30).list_functions()
+    assert sleeps == [] and len(fake.requests) == 1
+
+
 def test_401_says_token_invalid_with_request_id_and_no_token(fake: FakeSupabase) -> None:
     fake.token = "sbp_other_token_the_server_expects_000000000"
     api = ManagementAPI(REF, TOKEN, base_url=BASE_URL, transport=fake.transport)
@@ -416,7 +564,7 @@ def test_401_says_token_invalid_with_request_id_and_no_token(fake: FakeSupabase)
         api.list_functions()
     message = str(info.value)
     assert message.startswith("Supabase access token invalid or expired (HTTP 401)")
-    assert "request id req-0001" in message
+    assert "request id 8f00000000000001-AMS" in message
     assert len(fake.requests) == 1  # a 401 is not retried
     for text in (message, str(info.value.hint), repr(api), repr(info.value)):
         assert TOKEN not in text
@@ -454,15 +602,17 @@ def test_base_url_from_env_and_bad_ref(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_function_stats_queries_function_edge_logs(fake: FakeSupabase) -> None:
-    fake.seed("send-broadcast", OLD_FILES, "functions/send-broadcast/index.ts")
-    fn_id = fake.functions["send-broadcast"].id
-    fake.edge_logs[fn_id] = [200] * 95 + [401] * 2 + [500] * 3
+    fake.edge_logs["send-broadcast"] = [200] * 95 + [401] * 2 + [500] * 3
+    fake.edge_logs["send-broadcast-v2"] = [500] * 50  # a longer slug must not be counted
     since = datetime(2026, 1, 1, 10, 0, tzinfo=UTC)
     stats = fake.api().function_stats("send-broadcast", since, since + timedelta(minutes=30))
-    logs = fake.calls("GET", "analytics/endpoints/logs.all")[0]
+    assert fake.calls("GET", "analytics/endpoints/logs.all") == []  # removed 2026-09-23
+    logs = fake.calls("GET", "analytics/endpoints/logs")[0]
     assert logs.url.params["iso_timestamp_start"] == "2026-01-01T10:00:00Z"
     assert logs.url.params["iso_timestamp_end"] == "2026-01-01T10:30:00Z"
-    assert "from function_edge_logs" in logs.url.params["sql"]
+    sql = logs.url.params["sql"]
+    assert "from logs where source_name = 'function_edge_logs'" in sql
+    assert "countIf(" in sql and "unnest" not in sql  # ClickHouse, not BigQuery
     assert (stats.requests, stats.server_errors, stats.client_errors) == (100, 3, 2)
     assert stats.error_rate == pytest.approx(0.03)
     with pytest.raises(UsageError, match="24 hours"):
@@ -474,7 +624,7 @@ def test_function_stats_reports_query_errors(fake: FakeSupabase) -> None:
     fake.faults.append(
         lambda r: (
             httpx.Response(200, json={"error": {"message": "query timed out"}})
-            if "logs.all" in r.url.path
+            if r.url.path.endswith("/analytics/endpoints/logs")
             else None
         )
     )
@@ -492,3 +642,13 @@ def test_deploy_all_snapshots_slugs_missing_from_a_given_record(
     assert [(p.slug, p.version) for p in record.previous] == [("send-broadcast", 3)]
     rollback(api, record)
     assert fake.functions["send-broadcast"].files == OLD_FILES
+
+
+def test_429_without_a_usable_wait_ends_at_the_bound(fake: FakeSupabase) -> None:
+    fake.faults.extend(
+        (lambda r: httpx.Response(429, headers={"x-ratelimit-reset": "0"})) for _ in range(100)
+    )
+    sleeps: list[float] = []
+    with pytest.raises(TargetError, match="rate limit"):
+        fake.api(sleeps, max_rate_limit_wait=5).list_functions()
+    assert 0 < len(sleeps) <= 10 and sum(sleeps) <= 5

@@ -15,7 +15,10 @@ for by TEST SCAFFOLDING, created below and named as such:
   `vault.create_secret(new_secret, new_name, ...)`, mirroring supabase_vault's published API
   (no encryption: this is a test database).
 - pg_net: `net.http_post(url, body, params, headers, timeout_milliseconds) returns bigint` with
-  pg_net's signature, recording each call in `test_scaffold.http_post_calls` instead of sending.
+  pg_net's signature, recording each call in `test_scaffold.http_post_calls` instead of sending,
+  and answering it in `net._http_response` (pg_net's table: id, status_code, content_type,
+  headers, content, timed_out, error_msg, created) with the status in
+  `test_scaffold.http_answer` (what the function would have answered).
 """
 
 from __future__ import annotations
@@ -55,8 +58,8 @@ DOCUMENTED_COMMAND = (
     "select net.http_post("
     "url := (select decrypted_secret from vault.decrypted_secrets where name = 'project_url')"
     " || '/functions/v1/reset-broadcast-quotas', "
-    "headers := jsonb_build_object('Content-Type','application/json','Authorization',"
-    "'Bearer ' || (select decrypted_secret from vault.decrypted_secrets"
+    "headers := jsonb_build_object('Content-Type','application/json','apikey',"
+    "(select decrypted_secret from vault.decrypted_secrets"
     " where name = 'service_role_key')), "
     "body := '{}'::jsonb, timeout_milliseconds := 5000) as request_id;"
 )
@@ -90,7 +93,13 @@ create table test_scaffold.http_post_calls (
   url text, body jsonb, params jsonb, headers jsonb, timeout_milliseconds int,
   called_at timestamptz not null default clock_timestamp()
 );
+create table test_scaffold.http_answer (status_code int);
+insert into test_scaffold.http_answer values (200);
 create schema net;
+create table net._http_response (
+  id bigint, status_code int, content_type text, headers jsonb, content text,
+  timed_out bool, error_msg text, created timestamptz not null default now()
+);
 create function net.http_post(
   url text,
   body jsonb default '{}'::jsonb,
@@ -98,8 +107,15 @@ create function net.http_post(
   headers jsonb default '{}'::jsonb,
   timeout_milliseconds int default 5000
 ) returns bigint language sql as $$
-  insert into test_scaffold.http_post_calls (url, body, params, headers, timeout_milliseconds)
-  values (url, body, params, headers, timeout_milliseconds) returning id
+  with call as (
+    insert into test_scaffold.http_post_calls (url, body, params, headers, timeout_milliseconds)
+    values (url, body, params, headers, timeout_milliseconds) returning id
+  ), answer as (
+    insert into net._http_response (id, status_code, content_type, content, created)
+    select call.id, a.status_code, 'application/json', '{}', clock_timestamp()
+    from call, test_scaffold.http_answer a
+  )
+  select id from call
 $$;
 """
 
@@ -179,7 +195,7 @@ def conn(cron_server: CronServer) -> Iterator[psycopg.Connection[Any]]:
     with psycopg.connect(cron_server.url, autocommit=True) as setup:
         setup.execute("select cron.unschedule(jobid) from cron.job")
         setup.execute("delete from cron.job_run_details")
-        setup.execute("truncate vault.secrets, test_scaffold.http_post_calls")
+        setup.execute("truncate vault.secrets, test_scaffold.http_post_calls, net._http_response")
     with psycopg.connect(cron_server.url, autocommit=True) as connection:
         yield connection
 
@@ -264,7 +280,7 @@ def test_schedule_creates_one_job_with_the_documented_command(
     assert (job_id, schedule, active) == (result.job.job_id, NIGHTLY, True)
     assert command == result.job.command
     assert squash(command) == squash(DOCUMENTED_COMMAND)
-    assert "'Bearer ' || (select decrypted_secret from vault.decrypted_secrets" in command
+    assert "'apikey', (select decrypted_secret from vault.decrypted_secrets" in command
     assert secrets.service_role_key not in command
     assert secrets.project_url not in command
 
@@ -400,6 +416,7 @@ def test_pg_cron_runs_the_job_and_job_status_shows_the_run(
 
     run = status.runs[0]
     assert run.status == "succeeded", run.return_message
+    assert (run.http_status, run.called_ok) == (200, True)
     assert run.return_message == "1 row"  # pg_cron's summary of a select
     assert run.start_time is not None and run.end_time is not None
     assert run.start_time <= run.end_time
@@ -408,15 +425,56 @@ def test_pg_cron_runs_the_job_and_job_status_shows_the_run(
 
     [(url, body, params, headers, timeout)] = calls
     assert url == f"{secrets.project_url}/functions/v1/{FUNCTION}"
-    assert headers == {
-        "Content-Type": "application/json",
-        "Authorization": f"Bearer {secrets.service_role_key}",
-    }
+    assert headers == {"Content-Type": "application/json", "apikey": secrets.service_role_key}
     assert (body, params, timeout) == ({}, {}, 5000)
 
     shown = repr(status)
     assert secrets.service_role_key not in shown
     assert secrets.project_url not in shown
+
+
+def test_job_status_reports_the_functions_answer_not_only_pg_crons(
+    cron_server: CronServer, conn: psycopg.Connection[Any], secrets: Secrets
+) -> None:
+    # The function refuses the key: pg_cron still says "succeeded" (pg_net only queued it).
+    store_secrets(conn, secrets, "project_url", "service_role_key")
+    conn.execute("update test_scaffold.http_answer set status_code = 401")
+    pg_cron.schedule_function(conn, JOB, "@reboot", FUNCTION)
+    conn.close()
+    cron_server.restart()
+    try:
+        with psycopg.connect(cron_server.url, autocommit=True) as fresh:
+            deadline = time.monotonic() + 10
+            status = pg_cron.job_status(fresh, JOB)
+            while not (status.runs and status.runs[0].status in {"succeeded", "failed"}):
+                assert time.monotonic() < deadline, f"pg_cron did not run the job: {status}"
+                time.sleep(0.1)
+                status = pg_cron.job_status(fresh, JOB)
+    finally:
+        with psycopg.connect(cron_server.url, autocommit=True) as reset:
+            reset.execute("update test_scaffold.http_answer set status_code = 200")
+    run = status.runs[0]
+    assert run.status == "succeeded"
+    assert (run.http_status, run.called_ok) == (401, False)
+
+
+def test_runs_are_paired_with_the_answer_that_followed_them(
+    conn: psycopg.Connection[Any],
+) -> None:
+    t0 = datetime(2026, 1, 1, 2, 0, tzinfo=UTC)
+    conn.execute(
+        "insert into net._http_response (id, status_code, timed_out, error_msg, created) values"
+        " (1, 200, null, null, %s), (2, null, true, 'Timeout was reached', %s)",
+        (t0.replace(second=1), t0.replace(hour=3, second=2)),
+    )
+    runs = (
+        pg_cron.JobRun(3, "succeeded", t0.replace(hour=4), t0.replace(hour=4), "1 row"),
+        pg_cron.JobRun(2, "succeeded", t0.replace(hour=3), t0.replace(hour=3), "1 row"),
+        pg_cron.JobRun(1, "succeeded", t0, t0, "1 row"),
+    )
+    paired = pg_cron._with_http_responses(conn, runs)
+    assert [(r.http_status, r.http_error, r.called_ok) for r in paired] == [
+        (None, None, None), (None, "timed out", False), (200, None, True)]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,19 +1,31 @@
 // The local stack's API gateway: Supabase's URL layout on 127.0.0.1.
 //
 //   /functions/v1/<name>/...  → the function's own Deno worker (pathname `/<name>/...`, as on
-//                               the hosted edge runtime); 404 when the function is not deployed.
-//   /rest/v1/rpc/<fn>         → verifies the bearer JWT (HS256, the local JWT secret), then runs
+//                               the hosted edge runtime); 404 when the function is not deployed;
+//                               401 {"msg": "Invalid JWT"} before a function deployed with
+//                               verify_jwt runs, unless `Authorization: Bearer` holds a valid JWT
+//                               (OPTIONS passes), as the hosted gateway does.
+//   /rest/v1/rpc/<fn>         → authenticates as the hosted API does (an API key in `apikey`:
+//                               publishable → anon, secret → service_role; or a JWT in
+//                               `Authorization: Bearer`: legacy HS256 or ES256 from the project's
+//                               signing key, checked against its JWKS), then runs
 //                               `public.<fn>(named args from the JSON body)` in a transaction
 //                               with `set local role <role claim>` and `request.jwt.claims` set,
-//                               as PostgREST does, and answers with PostgREST's body and error
-//                               shapes.
+//                               as PostgREST does (GET: in a read-only transaction, so a write
+//                               answers 405), and answers with PostgREST's body and error shapes.
+//                               OPTIONS answers the CORS preflight as hosted does.
+//
+// JWTs are refused when expired or issued in the future beyond PostgREST's 30 s clock skew, when
+// `role` is not a string, or when a user token's `aud` is not `authenticated`. Bodies are read
+// up to the size limit and no further (413).
 //   /health                   → the gateway's own health, for `rollout local status`.
 //
 // It also runs the local cron schedule (the hosted platform's pg_cron + pg_net stand-in):
 // jobs from the schedules file, each an HTTP POST to a function with the service-role key.
 //
 // Configuration (env): GATEWAY_ADDRESS host:port, GATEWAY_DB_URL (connects as `authenticator`),
-// GATEWAY_JWT_SECRET, GATEWAY_STATE_DIR (routes.json, schedules.json, cron.log).
+// GATEWAY_JWT_SECRET, GATEWAY_JWKS, GATEWAY_PUBLISHABLE_KEY, GATEWAY_SECRET_KEY,
+// GATEWAY_STATE_DIR (routes.json, schedules.json, cron.log).
 
 import postgres from "npm:postgres@3.4.7";
 import * as jose from "npm:jose@6.1.0";
@@ -28,6 +40,12 @@ function required(name: string): string {
 const [host, port] = required("GATEWAY_ADDRESS").split(":");
 const stateDir = required("GATEWAY_STATE_DIR");
 const secret = new TextEncoder().encode(required("GATEWAY_JWT_SECRET"));
+const jwks = jose.createLocalJWKSet(JSON.parse(required("GATEWAY_JWKS")));
+const API_KEYS: Record<string, string> = {
+  [required("GATEWAY_PUBLISHABLE_KEY")]: "anon",
+  [required("GATEWAY_SECRET_KEY")]: "service_role",
+};
+const CLOCK_SKEW = 30; // seconds, as PostgREST allows
 const sql = postgres(required("GATEWAY_DB_URL"), {
   max: Number(Deno.env.get("GATEWAY_DB_POOL") ?? "20"),
   idle_timeout: 30,
@@ -39,7 +57,7 @@ const API_ROLES = new Set(["anon", "authenticated", "service_role"]);
 const MAX_BODY = 1024 * 1024;
 const counters = { requests: 0, rpc_errors: 0, function_errors: 0, function_requests: 0 };
 
-type Routes = Record<string, { port: number; version: number }>;
+type Routes = Record<string, { port: number; version: number; verify_jwt?: boolean }>;
 let routesCache: { mtime: number; routes: Routes } = { mtime: -1, routes: {} };
 
 async function routes(): Promise<Routes> {
@@ -56,8 +74,10 @@ async function routes(): Promise<Routes> {
   return routesCache.routes;
 }
 
+const CORS = { "access-control-allow-origin": "*" };
+
 function pgrstError(status: number, code: string, message: string, details: unknown = null, hint: unknown = null) {
-  return Response.json({ code, details, hint, message }, { status });
+  return Response.json({ code, details, hint, message }, { status, headers: CORS });
 }
 
 // PostgREST's mapping of SQLSTATE to HTTP status (docs: "Errors"), including its
@@ -74,25 +94,103 @@ function statusFor(sqlstate: string, role: string): number {
   return 400;
 }
 
+class TokenError extends Error {
+  constructor(readonly code: string, message: string) {
+    super(message);
+  }
+}
+
+// A JWT as the hosted gateway and PostgREST check it: the legacy HS256 secret or the signing
+// key's JWKS; exp/nbf with PostgREST's clock skew, and no `iat` in the future beyond it; a
+// string role; `aud: authenticated` on user tokens.
+async function verifyToken(token: string): Promise<Record<string, unknown>> {
+  let payload: jose.JWTPayload;
+  try {
+    const { alg } = jose.decodeProtectedHeader(token);
+    const options = { clockTolerance: CLOCK_SKEW };
+    payload = alg === "HS256"
+      ? (await jose.jwtVerify(token, secret, { ...options, algorithms: ["HS256"] })).payload
+      : (await jose.jwtVerify(token, jwks, { ...options, algorithms: ["ES256", "RS256"] })).payload;
+  } catch (err) {
+    if (err instanceof jose.errors.JWTExpired) throw new TokenError("PGRST303", "JWT expired");
+    throw new TokenError("PGRST301", "JWT could not be verified");
+  }
+  if (typeof payload.iat === "number" && payload.iat > Date.now() / 1000 + CLOCK_SKEW) {
+    throw new TokenError("PGRST303", "JWT issued at future");
+  }
+  const role = payload.role;
+  if (typeof role !== "string" || !API_ROLES.has(role)) {
+    throw new TokenError("PGRST301", `JWT role is not allowed`);
+  }
+  const aud = Array.isArray(payload.aud) ? payload.aud : [payload.aud];
+  if (role === "authenticated" && !aud.includes("authenticated")) {
+    throw new TokenError("PGRST303", "JWT not in audience");
+  }
+  return payload as Record<string, unknown>;
+}
+
 async function claimsFrom(req: Request): Promise<Record<string, unknown> | Response> {
   const auth = req.headers.get("authorization");
-  const apikey = req.headers.get("apikey");
-  let token = apikey ?? "";
+  const apikey = req.headers.get("apikey") ?? "";
+  let token = apikey;
   if (auth) {
     const match = /^Bearer\s+(.+)$/i.exec(auth);
     if (!match) return pgrstError(401, "PGRST301", "Authorization header is not a bearer token");
     token = match[1];
   }
   if (!token) return pgrstError(401, "PGRST302", "No API key found in request");
+  // An API key (supabase-js also sends it as the bearer when no one is signed in).
+  if (token in API_KEYS) return { role: API_KEYS[token] };
   try {
-    const { payload } = await jose.jwtVerify(token, secret, { algorithms: ["HS256"] });
-    const role = String(payload.role ?? "");
-    if (!API_ROLES.has(role)) return pgrstError(401, "PGRST301", `JWT role "${role}" is not allowed`);
-    return payload as Record<string, unknown>;
+    return await verifyToken(token);
   } catch (err) {
-    if (err instanceof jose.errors.JWTExpired) return pgrstError(401, "PGRST303", "JWT expired");
-    return pgrstError(401, "PGRST301", "JWT could not be verified");
+    const e = err as TokenError;
+    return pgrstError(401, e.code, e.message);
   }
+}
+
+class TooLarge extends Error {}
+
+// Read a body up to `limit` bytes, and not one chunk further.
+async function readLimited(req: Request, limit: number): Promise<Uint8Array<ArrayBuffer>> {
+  const declared = Number(req.headers.get("content-length") ?? "0");
+  if (declared > limit) throw new TooLarge();
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  if (req.body) {
+    const reader = req.body.getReader();
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      size += value.byteLength;
+      if (size > limit) {
+        await reader.cancel();
+        throw new TooLarge();
+      }
+      chunks.push(value);
+    }
+  }
+  const body = new Uint8Array(size);
+  let at = 0;
+  for (const chunk of chunks) {
+    body.set(chunk, at);
+    at += chunk.byteLength;
+  }
+  return body;
+}
+
+// The hosted API's answer to a CORS preflight on /rest/v1.
+function restPreflight(req: Request): Response {
+  return new Response(null, {
+    status: 200,
+    headers: {
+      "access-control-allow-origin": "*",
+      "access-control-allow-methods": "GET,HEAD,PUT,PATCH,POST,DELETE",
+      "access-control-allow-headers": req.headers.get("access-control-request-headers") ??
+        "authorization,apikey,content-type,x-client-info",
+      "access-control-max-age": "3600",
+    },
+  });
 }
 
 type FnInfo = {
@@ -144,8 +242,13 @@ async function rpc(req: Request, fn: string): Promise<Response> {
 
   let body: Record<string, unknown> = {};
   if (req.method === "POST") {
-    const text = await req.text();
-    if (text.length > MAX_BODY) return pgrstError(413, "PGRST413", "Payload too large");
+    let text: string;
+    try {
+      text = new TextDecoder().decode(await readLimited(req, MAX_BODY));
+    } catch (err) {
+      if (err instanceof TooLarge) return pgrstError(413, "PGRST413", "Payload too large");
+      throw err;
+    }
     if (text.trim()) {
       try {
         body = JSON.parse(text);
@@ -180,7 +283,9 @@ async function rpc(req: Request, fn: string): Promise<Response> {
     : `select to_jsonb(${call}) as body${args ? ` from ${args}` : ""}`;
 
   try {
-    const result = await sql.begin(async (tx) => {
+    // PostgREST runs a GET in a read-only transaction: a function that writes fails (25006 → 405).
+    const mode = req.method === "GET" ? "read only" : "read write";
+    const result = await sql.begin(mode, async (tx) => {
       await tx.unsafe(`set local role ${ident(role)}`);
       await tx`select set_config('request.jwt.claims', ${JSON.stringify(claims)}, true),
                       set_config('request.method', ${req.method}, true),
@@ -188,8 +293,8 @@ async function rpc(req: Request, fn: string): Promise<Response> {
       const rows = await tx.unsafe(query, keys.length ? [JSON.stringify(body)] : []);
       return rows[0]?.body ?? null;
     });
-    if (info.returnsVoid) return new Response(null, { status: 204 });
-    return Response.json(result, { status: 200 });
+    if (info.returnsVoid) return new Response(null, { status: 204, headers: CORS });
+    return Response.json(result, { status: 200, headers: CORS });
   } catch (err) {
     counters.rpc_errors++;
     const e = err as { code?: string; message?: string; detail?: string; hint?: string };
@@ -198,16 +303,35 @@ async function rpc(req: Request, fn: string): Promise<Response> {
   }
 }
 
+// The hosted gateway's verify_jwt check: a JWT in `Authorization: Bearer` that verifies
+// (API keys in `apikey` do not count).
+async function validJwt(req: Request): Promise<boolean> {
+  const [bearer, token] = (req.headers.get("authorization") ?? "").split(" ");
+  if (bearer !== "Bearer" || !token) return false;
+  try {
+    await verifyToken(token);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 async function proxyFunction(req: Request, name: string, rest: string): Promise<Response> {
   const route = (await routes())[name];
   if (!route) {
     return Response.json({ code: "NOT_FOUND", message: "Requested function was not found" }, { status: 404 });
   }
+  if (route.verify_jwt !== false && req.method !== "OPTIONS" && !(await validJwt(req))) {
+    return Response.json({ msg: "Invalid JWT" }, { status: 401 });
+  }
   counters.function_requests++;
   const url = new URL(req.url);
   const target = `http://127.0.0.1:${route.port}/${name}${rest}${url.search}`;
-  const body = req.method === "GET" || req.method === "HEAD" ? undefined : await req.arrayBuffer();
-  if (body && body.byteLength > MAX_BODY) {
+  let body: Uint8Array<ArrayBuffer> | undefined;
+  try {
+    body = req.method === "GET" || req.method === "HEAD" ? undefined : await readLimited(req, MAX_BODY);
+  } catch (err) {
+    if (!(err instanceof TooLarge)) throw err;
     return Response.json({ code: "PAYLOAD_TOO_LARGE", message: "Request body too large" }, { status: 413 });
   }
   try {
@@ -250,20 +374,25 @@ async function runJob(job: Job) {
   const started = new Date().toISOString();
   let status = "failed";
   let detail = "";
+  let httpStatus: number | null = null;
   try {
-    const key = await Deno.readTextFile(`${stateDir}/secrets/service_role_key`);
+    // As the pg_cron job on hosted: the secret API key in `apikey` (the function checks it).
+    const key = await Deno.readTextFile(`${stateDir}/secrets/secret_key`);
     const res = await fetch(`http://${host}:${port}/functions/v1/${job.function}`, {
       method: "POST",
-      headers: { "content-type": "application/json", authorization: `Bearer ${key.trim()}` },
+      headers: { "content-type": "application/json", apikey: key.trim() },
       body: JSON.stringify(job.body ?? {}),
     });
     detail = `HTTP ${res.status}`;
+    httpStatus = res.status;
     await res.body?.cancel();
     status = res.ok ? "succeeded" : "failed";
   } catch (err) {
     detail = String((err as Error).message ?? err);
   }
-  const line = JSON.stringify({ job: job.name, started, finished: new Date().toISOString(), status, detail });
+  const line = JSON.stringify({
+    job: job.name, started, finished: new Date().toISOString(), status, detail, http_status: httpStatus,
+  });
   await Deno.writeTextFile(`${stateDir}/cron.log`, line + "\n", { append: true });
 }
 
@@ -277,6 +406,7 @@ Deno.serve({ hostname: host, port: Number(port), onListen: () => {} }, async (re
   const { pathname } = new URL(req.url);
   const fn = /^\/functions\/v1\/([A-Za-z0-9_-]+)(\/.*)?$/.exec(pathname);
   if (fn) return proxyFunction(req, fn[1], fn[2] ?? "");
+  if (req.method === "OPTIONS" && pathname.startsWith("/rest/v1/")) return restPreflight(req);
   const rpcMatch = /^\/rest\/v1\/rpc\/([A-Za-z_][A-Za-z0-9_]*)$/.exec(pathname);
   if (rpcMatch) return rpc(req, rpcMatch[1]);
   if (pathname === "/health") {

@@ -7,7 +7,6 @@ copies), and the logs. Every process is started detached and stopped by the pid 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import secrets
@@ -21,6 +20,7 @@ from typing import Any
 import httpx
 import psycopg
 
+from rollout.adapters.function_bundle import collect_bundle
 from rollout.adapters.local_stack.bootstrap import apply_bootstrap
 from rollout.adapters.local_stack.postgres import EmbeddedPostgres, process_alive
 from rollout.adapters.local_stack.processes import (
@@ -42,6 +42,7 @@ class FunctionWorker:
     pid: int
     version: int
     source: str  # the deployed copy's directory
+    verify_jwt: bool = True  # the gateway answers 401 before the function without a valid JWT
 
 
 @dataclass
@@ -87,6 +88,30 @@ def sign_jwt(payload: dict[str, Any], secret: str) -> str:
     return jwt.encode(payload, secret, algorithm="HS256")
 
 
+SIGNING_KID = "rollout-local-es256"
+
+
+def signing_key_pair() -> dict[str, str]:
+    """A new ES256 signing key (PEM) and the public JWKS that verifies its tokens."""
+    import jwt
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption()).decode()
+    public = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(key.public_key()))
+    jwks = {"keys": [{**public, "kid": SIGNING_KID, "alg": "ES256", "use": "sig"}]}
+    return {"signing_key": pem, "jwks": json.dumps(jwks)}
+
+
+def sign_user_jwt(payload: dict[str, Any], signing_key_pem: str) -> str:
+    """An ES256 user JWT as a project on signing keys issues it."""
+    import jwt
+
+    return jwt.encode(payload, signing_key_pem, algorithm="ES256", headers={"kid": SIGNING_KID})
+
+
 class LocalStack:
     """The embedded default target. `up` is idempotent; `down` leaves no process behind."""
 
@@ -99,20 +124,30 @@ class LocalStack:
     # ---- secrets ---------------------------------------------------------------------------
 
     def _ensure_secrets(self) -> None:
+        """The local project's keys, as a hosted project has them during the key migration:
+        the legacy JWT secret with its anon and service-role JWTs, an ES256 signing key whose
+        public JWKS verifies user tokens, and new API keys (publishable, secret). Each missing
+        one is created (an older stack gains the new ones on its next `up`)."""
         self.secrets_dir.mkdir(parents=True, exist_ok=True)
         self.secrets_dir.chmod(0o700)
-        if (self.secrets_dir / "service_role_key").exists():
-            return
-        jwt_secret = secrets.token_urlsafe(48)
-        now = int(time.time())
-        ten_years = now + 10 * 365 * 24 * 3600
-        values = {
-            "jwt_secret": jwt_secret,
-            "anon_key": sign_jwt({"role": "anon", "iss": "rollout-local", "iat": now,
-                                  "exp": ten_years}, jwt_secret),
-            "service_role_key": sign_jwt({"role": "service_role", "iss": "rollout-local",
-                                          "iat": now, "exp": ten_years}, jwt_secret),
-        }
+        have = {p.name for p in self.secrets_dir.iterdir()}
+        values: dict[str, str] = {}
+        if "service_role_key" not in have:
+            jwt_secret = secrets.token_urlsafe(48)
+            now = int(time.time())
+            ten_years = now + 10 * 365 * 24 * 3600
+            values |= {
+                "jwt_secret": jwt_secret,
+                "anon_key": sign_jwt({"role": "anon", "iss": "rollout-local", "iat": now,
+                                      "exp": ten_years}, jwt_secret),
+                "service_role_key": sign_jwt({"role": "service_role", "iss": "rollout-local",
+                                              "iat": now, "exp": ten_years}, jwt_secret),
+            }
+        if "signing_key" not in have:
+            values |= signing_key_pair()
+        if "secret_key" not in have:
+            values |= {"publishable_key": f"sb_publishable_{secrets.token_urlsafe(24)}",
+                       "secret_key": f"sb_secret_{secrets.token_urlsafe(24)}"}
         for name, value in values.items():
             path = self.secrets_dir / name
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -158,7 +193,7 @@ class LocalStack:
         self._write_routes()
 
     def _write_routes(self) -> None:
-        routes = {name: {"port": w.port, "version": w.version}
+        routes = {name: {"port": w.port, "version": w.version, "verify_jwt": w.verify_jwt}
                   for name, w in self.state.functions.items()}
         tmp = self.dir / "routes.json.tmp"
         tmp.write_text(json.dumps(routes))
@@ -235,6 +270,9 @@ class LocalStack:
             "GATEWAY_ADDRESS": f"127.0.0.1:{self.state.api_port}",
             "GATEWAY_DB_URL": self.postgres.url("postgres", user="authenticator"),
             "GATEWAY_JWT_SECRET": self.secret("jwt_secret"),
+            "GATEWAY_JWKS": self.secret("jwks"),
+            "GATEWAY_PUBLISHABLE_KEY": self.secret("publishable_key"),
+            "GATEWAY_SECRET_KEY": self.secret("secret_key"),
             "GATEWAY_STATE_DIR": str(self.dir),
         }
         config = ["--config", str(gateway.parent / "deno.json"), "--frozen"]
@@ -250,7 +288,8 @@ class LocalStack:
     def deployed(self) -> dict[str, FunctionWorker]:
         return dict(self.state.functions)
 
-    def deploy_function(self, name: str, functions_dir: Path | None = None) -> FunctionWorker:
+    def deploy_function(self, name: str, functions_dir: Path | None = None, *,
+                        verify_jwt: bool = True) -> FunctionWorker:
         """Copy the function's bundle to a new version, start it, switch the route, stop the old."""
         source_root = functions_dir or project_root() / "functions"
         if not (source_root / name / "index.ts").exists():
@@ -260,6 +299,7 @@ class LocalStack:
         target = self.dir / "functions" / name / f"v{version}"
         shutil.rmtree(target, ignore_errors=True)
         copy_bundle(source_root, name, target)
+        (target / "settings.json").write_text(json.dumps({"verify_jwt": verify_jwt}))
         worker = self._start_worker(name, target, version)
         if previous and process_alive(previous.pid):
             stop_pid(previous.pid)
@@ -302,6 +342,18 @@ class LocalStack:
         with os.fdopen(fd, "w") as handle:
             json.dump(values, handle)
 
+    def platform_env(self) -> dict[str, str]:
+        """What the hosted platform gives every function: keys, the JWKS, and (while the
+        project uses it, as this local project does) the legacy secret as `JWT_SECRET`."""
+        return {
+            "SUPABASE_ANON_KEY": self.secret("anon_key"),
+            "SUPABASE_SERVICE_ROLE_KEY": self.secret("service_role_key"),
+            "SUPABASE_JWKS": self.secret("jwks"),
+            "SUPABASE_PUBLISHABLE_KEYS": json.dumps({"default": self.secret("publishable_key")}),
+            "SUPABASE_SECRET_KEYS": json.dumps({"default": self.secret("secret_key")}),
+            "JWT_SECRET": self.secret("jwt_secret"),
+        }
+
     def _start_worker(self, name: str, bundle: Path, version: int) -> FunctionWorker:
         port = free_port()
         env = {
@@ -310,9 +362,7 @@ class LocalStack:
             "DENO_SERVE_ADDRESS": f"tcp:127.0.0.1:{port}",
             "SUPABASE_URL": self.api_url,
             "SUPABASE_DB_URL": self.db_url,
-            "SUPABASE_ANON_KEY": self.secret("anon_key"),
-            "SUPABASE_SERVICE_ROLE_KEY": self.secret("service_role_key"),
-            "SUPABASE_JWT_SECRET": self.secret("jwt_secret"),
+            **self.platform_env(),
         }
         config: list[str] = []
         if (bundle / "deno.json").exists():
@@ -327,7 +377,12 @@ class LocalStack:
         except StackError:
             stop_pid(pid)
             raise
-        worker = FunctionWorker(port=port, pid=pid, version=version, source=str(bundle))
+        try:
+            settings = json.loads((bundle / "settings.json").read_text())
+        except (OSError, ValueError):
+            settings = {}
+        worker = FunctionWorker(port=port, pid=pid, version=version, source=str(bundle),
+                                verify_jwt=bool(settings.get("verify_jwt", True)))
         self.state.functions[name] = worker
         self._save()
         return worker
@@ -381,24 +436,17 @@ class LocalStack:
 
 
 def copy_bundle(functions_dir: Path, name: str, target: Path) -> None:
-    """A deployable copy: functions/<name>, functions/_shared and the Deno config + lock."""
-    target.mkdir(parents=True)
-    shutil.copytree(functions_dir / name, target / "functions" / name)
-    if (functions_dir / "_shared").exists():
-        shutil.copytree(functions_dir / "_shared", target / "functions" / "_shared")
-    for config in ("deno.json", "deno.lock"):
-        if (functions_dir.parent / config).exists():
-            shutil.copy2(functions_dir.parent / config, target / config)
+    """A deployable copy: exactly the files the hosted deploy uploads (`collect_bundle`)."""
+    bundle = collect_bundle(functions_dir.parent, name)
+    for rel, content in bundle.files.items():
+        path = target / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
 
 
 def bundle_digest(functions_dir: Path, name: str) -> str:
-    """sha256 over the function's files and the shared code, in a stable order."""
-    digest = hashlib.sha256()
-    for folder in (functions_dir / name, functions_dir / "_shared"):
-        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-            digest.update(str(path.relative_to(functions_dir)).encode())
-            digest.update(path.read_bytes())
-    return digest.hexdigest()
+    """The digest of what `copy_bundle` deploys (path and content of every file)."""
+    return collect_bundle(functions_dir.parent, name).sha256
 
 
 def _base_env() -> dict[str, str]:
