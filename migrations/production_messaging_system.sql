@@ -860,15 +860,6 @@ begin
       case when v_pre then 'pre' else 'post' end, v_show.start_date);
   end if;
 
-  select count(*) into v_count
-    from public.show_participants sp
-    join public.profiles p on p.id = sp.userid
-   where sp.showid = p_show_id and lower(p.role) = any (v_roles) and sp.userid <> v_uid;
-  if v_count = 0 then
-    raise exception using errcode = 'PT400',
-      message = 'no participant of this show has the chosen roles';
-  end if;
-
   if v_role = 'show_organizer' then
     -- One atomic statement: concurrent callers serialise on the row, and the WHERE is
     -- re-checked on the latest version, so a quota of 2 yields exactly 2 successes.
@@ -919,6 +910,13 @@ begin
     from public.show_participants sp
     join public.profiles p on p.id = sp.userid
    where sp.showid = p_show_id and sp.userid <> v_uid and lower(p.role) = any (v_roles);
+  -- Counted as they are written (one pass over the recipients); none → the whole call, quota
+  -- included, is undone by the error.
+  get diagnostics v_count = row_count;
+  if v_count = 0 then
+    raise exception using errcode = 'PT400',
+      message = 'no participant of this show has the chosen roles';
+  end if;
 
   return jsonb_build_object('conversation_id', v_conv, 'message_id', v_msg,
                             'recipient_count', v_count, 'quota_remaining', v_remaining);
