@@ -13,7 +13,8 @@
 //   ANON_KEY       the anon key (the `apikey` header)
 //   USERS_FILE     JSON: {attendees: [{id, token}], mvp_dealers: [{id, token}],
 //                         broadcasts: [{show_id, organizer_id, token}]}  (tokens = user JWTs)
-//   DM_VUS, DM_ITERATIONS (per VU) or DM_DURATION ("30s": constant VUs instead),
+//   DM_VUS, DM_ITERATIONS (per VU) or DM_DURATION ("30s": constant VUs instead), or DM_RATE
+//   (DMs per second for DM_DURATION: constant-arrival-rate, DM_VUS pre-allocated),
 //   BROADCASTS (0 = none), BROADCAST_VUS, MAX_DURATION, THRESHOLDS (JSON, k6's format)
 
 import http from "k6/http";
@@ -45,6 +46,7 @@ const broadcasts = new SharedArray("broadcasts", () => users[0].broadcasts || []
 const DM_VUS = int("DM_VUS", 10);
 const DM_ITERATIONS = int("DM_ITERATIONS", 20);
 const DM_DURATION = __ENV.DM_DURATION || "";
+const DM_RATE = int("DM_RATE", 0); // DMs per second (arrival rate) for DM_DURATION; 0 = VU-driven
 const BROADCASTS = Math.min(int("BROADCASTS", broadcasts.length), broadcasts.length);
 const BROADCAST_VUS = Math.max(1, Math.min(int("BROADCAST_VUS", 5), BROADCASTS || 1));
 const MAX_DURATION = __ENV.MAX_DURATION || "10m";
@@ -53,7 +55,14 @@ const quotaRefused = new Counter("broadcast_quota_refused");
 
 const scenarios = {};
 if (DM_VUS > 0 && attendees.length && mvpDealers.length) {
-  scenarios.dm = DM_DURATION
+  scenarios.dm = DM_RATE
+    ? {
+      // Open model: DMs arrive at DM_RATE a second whatever the latency (k6 adds VUs up to
+      // maxVUs when answers slow down), so a saturated server shows as latency and errors.
+      executor: "constant-arrival-rate", rate: DM_RATE, timeUnit: "1s",
+      duration: DM_DURATION || "10s", preAllocatedVUs: DM_VUS, maxVUs: DM_VUS * 4, exec: "dm",
+    }
+    : DM_DURATION
     ? { executor: "constant-vus", vus: DM_VUS, duration: DM_DURATION, exec: "dm" }
     : {
       executor: "per-vu-iterations", vus: DM_VUS, iterations: DM_ITERATIONS,

@@ -85,6 +85,7 @@ class LoadParams:
     dm_vus: int = 10
     dm_iterations: int = 20  # per VU; ignored when dm_duration is set
     dm_duration: str | None = None  # e.g. "5m": constant VUs for that long
+    dm_rate: int | None = None  # DMs per second for dm_duration (constant-arrival-rate)
     broadcasts: int = 20  # one show each, spread over the organizers
     broadcast_vus: int = 5
     attendees_per_show: int = 20  # a broadcast's fan-out
@@ -107,6 +108,8 @@ class LoadParams:
         }
         if self.dm_duration:
             env["DM_DURATION"] = self.dm_duration
+        if self.dm_rate:
+            env["DM_RATE"] = str(self.dm_rate)
         return env
 
 
