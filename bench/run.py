@@ -1,18 +1,20 @@
 """Benchmarks (`make bench`): not part of the test run. Writes bench/RESULTS.md.
 
 Each measurement runs against a throw-away local stack started by `rollout` itself (real
-PostgreSQL, the Deno gateway and functions), torn down at the end:
+PostgreSQL, the Deno gateway and functions) holding production's schema with `app_data.sql`'s
+data, torn down at the end; each figure is the median of RUNS runs with min and max:
 
-1. DM send rate through the full path (gateway RPC: JWT, permission check, RLS, unread
-   trigger) vs a raw single-row `insert` into `messages` (owner, triggers off) on the same server.
+1. DM send rate against its call shape's ceiling (`bench/sql_rates.py`, pgbench, 8 clients).
 2. Broadcast fan-out: SQL `send_broadcast` as the organizer to 100, 1,000 and 5,000 recipients.
 3. Inbox: `get_user_conversations()` over the gateway for a user with 1,000 conversations.
-4. The maintenance window on production's schema with `app_data.sql`'s data (20,000 users,
+4. Where the time goes: auto_explain of a DM and a 5,000 fan-out, to bench/explain/.
+5. k6: the seed's §4.3 volume (5,000 DMs, 500 broadcasts) at rising arrival rates: the highest
+   rate that holds the seed's thresholds, and that rate ÷ the same DMs made directly in SQL.
+6. The maintenance window on production's schema with `app_data.sql`'s data (20,000 users,
    300 shows, 40,000 conversations) and 1,000,000 messages: how long writes were refused
    (maintenance on → off), the migration's own time, the rollback's time and the size of what
    the rollback archives.
-5. k6: the seed's §4.3 volume (5,000 DMs, 500 broadcasts) at rising arrival rates: the highest
-   rate that holds the seed's thresholds, and that rate ÷ the same DMs made directly in SQL.
+7. `rollout rehearse plans/local.yaml` (k6 off) and `rollout --help` start-up.
 """
 
 from __future__ import annotations
