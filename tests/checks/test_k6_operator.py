@@ -265,6 +265,31 @@ def test_the_old_unquoted_arguments_break_the_operator_shell(tmp_path: Path) -> 
         k6_operator.check_arguments(quoted)
 
 
+@pytest.mark.parametrize("version", ["v1.5.0", "v1.3.0"])
+def test_operators_before_v1_6_cannot_initialize_it(tmp_path: Path, version: str,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Why v1.6.0 is the minimum: v1.4–v1.5 paste each env var's literal `value` into the
+    script (`-e NAME="VALUE"`: empty for a secretKeyRef, cut short by the JSON's quotes);
+    older versions pass no `-e` at all, and `k6 archive` ignores the system env."""
+    params = LoadParams(attendees=4, mvp_dealers=2, organizers=1, dm_vus=2, broadcasts=1)
+    testrun, configmap, secrets = manifests_for(params)
+    env = testrun["spec"]["runner"]["env"]
+    v1_6 = operator_initializer_script
+
+    def old_script(spec: dict[str, Any]) -> str:
+        current = v1_6(spec)
+        for e in env:
+            literal = f' -e {e["name"]}="{e.get("value", "")}"' if version == "v1.5.0" else ""
+            current = current.replace(f' -e {e["name"]}="${{{e["name"]}}}"', literal)
+        return current
+
+    monkeypatch.setattr(f"{__name__}.operator_initializer_script", old_script)
+    result = run_initializer(tmp_path, testrun, configmap, secrets)
+    assert result.returncode != 0
+    assert ("set API_URL, ANON_KEY and USERS_FILE" in result.stdout
+            or "syntax error" in result.stderr.lower()), result.stdout + result.stderr
+
+
 def test_arguments_mean_the_same_to_the_initializer_shell_and_the_runner_argv() -> None:
     testrun, _, _ = manifests_for(LoadParams())
     arguments = testrun["spec"]["arguments"]
@@ -417,3 +442,36 @@ def test_the_cli_help_teaches_the_operator_path(monkeypatch: pytest.MonkeyPatch,
     for phrase in ("--prepare-k6-operator", "--remove-k6-operator-users", "--seed-scale",
                    "--token-ttl", "v1.6.0", "kubectl apply --server-side"):
         assert phrase in text, phrase
+
+
+def test_the_seed_scale_prepares_on_a_real_target(
+        target: Target, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The documented configuration end to end: 5,000 users seeded, 5,050 tokens in Secrets
+    under 1 MiB each, and the operator's initializer accepts it (maxVUs 5,050 ≥ 10 runners)."""
+    from rollout.adapters.targets import LocalTarget
+
+    before = fingerprint(target.db_url)
+    monkeypatch.setattr("rollout.engine.targets.build_target",
+                        lambda plan: LocalTarget(target.stack))
+    monkeypatch.chdir(project_root())
+    out_dir = tmp_path / "seed"
+    try:
+        code, output = cli(monkeypatch, capsys, "load", "plans/local.yaml", "--seed-scale",
+                           "--prepare-k6-operator", str(out_dir))
+        assert code == 0, output
+        assert "5000 attendees" in output and "500 shows" in output
+        testrun = yaml.safe_load((out_dir / "testrun.yaml").read_text())
+        configmap = yaml.safe_load((out_dir / "configmap.yaml").read_text())
+        secrets = list(yaml.safe_load_all((out_dir / "secret.yaml").read_text()))
+        validate_all(testrun, configmap, secrets)
+        tokens: dict[str, str] = {}
+        for secret in secrets[1:]:
+            tokens |= json.loads(base64.b64decode(secret["data"]["tokens.json"]))
+        assert len(tokens) == 5000 + 50
+        run = run_initializer(tmp_path / "pod", testrun, configmap, secrets)
+        assert run.returncode == 0, run.stdout + run.stderr
+        assert json.loads(run.stdout)["maxVUs"] == 5050 >= testrun["spec"]["parallelism"] == 10
+    finally:
+        cli(monkeypatch, capsys, "load", "plans/local.yaml", "--remove-k6-operator-users")
+    assert fingerprint(target.db_url) == before
