@@ -87,12 +87,23 @@ def operator_initializer_script(testrun: dict[str, Any]) -> str:
     return initializer_shell_script("", archive_name, archive_cmd)
 
 
-def runner_argv(testrun: dict[str, Any]) -> list[str]:
+def runner_argv(testrun: dict[str, Any], index: int = 1,
+                address: str = "0.0.0.0:6565") -> list[str]:
     """The runner's container command (ConfigMap script: exec form, no shell)."""
     spec = testrun["spec"]
+    total = spec["parallelism"]
+    argv = ["k6", "run", "--quiet"]
+    if total > 1:
+        def part(i: int) -> str:
+            return "0" if i == 0 else "1" if i == total else f"{i}/{total}"
+
+        sequence = ",".join(["0", *(f"{i}/{total}" for i in range(1, total)), "1"])
+        argv += [f"--execution-segment={part(index - 1)}:{part(index)}",
+                 f"--execution-segment-sequence={sequence}"]
     filename = spec["script"]["configMap"].get("file", "test.js")
-    return ["k6", "run", "--quiet", *spec.get("arguments", "").split(), f"/test/{filename}",
-            "--address=0.0.0.0:6565", "--paused"]
+    return [*argv, *spec.get("arguments", "").split(), f"/test/{filename}",
+            f"--address={address}", "--paused", "--tag", f"instance_id={index}",
+            "--tag", f"testrun_name={testrun['metadata']['name']}"]
 
 
 # ---- helpers -------------------------------------------------------------------------------------
@@ -121,9 +132,9 @@ def manifests_for(params: LoadParams) -> tuple[dict[str, Any], dict[str, Any],
                                          datetime.now(UTC), k6_operator.token_secret_count(params)))
 
 
-def run_initializer(tmp: Path, testrun: dict[str, Any], configmap: dict[str, Any],
-                    secrets: list[dict[str, Any]]) -> subprocess.CompletedProcess[str]:
-    """Mount what kubelet would mount, set the container env, run `/bin/sh -c <script>`."""
+def pod_setup(tmp: Path, testrun: dict[str, Any], configmap: dict[str, Any],
+              secrets: list[dict[str, Any]]) -> tuple[dict[str, str], Any]:
+    """Mount what kubelet would mount; the container env. Returns (env, relocate(text))."""
     mounts = {"/test/": tmp / "test", "/var/run/rollout-load/": tmp / "tokens",
               "/tmp/": tmp / "podtmp"}
     for path in mounts.values():
@@ -151,6 +162,13 @@ def run_initializer(tmp: Path, testrun: dict[str, Any], configmap: dict[str, Any
             env[entry["name"]] = base64.b64decode(value).decode()
         else:
             env[entry["name"]] = moved(entry["value"])
+    return env, moved
+
+
+def run_initializer(tmp: Path, testrun: dict[str, Any], configmap: dict[str, Any],
+                    secrets: list[dict[str, Any]]) -> subprocess.CompletedProcess[str]:
+    """The initializer pod: `/bin/sh -c <the operator's script>` with the container env."""
+    env, moved = pod_setup(tmp, testrun, configmap, secrets)
     script = moved(operator_initializer_script(testrun))
     return subprocess.run(["/bin/sh", "-c", script], capture_output=True, text=True, env=env,
                           cwd=tmp, timeout=120, check=False)
@@ -474,4 +492,69 @@ def test_the_seed_scale_prepares_on_a_real_target(
         assert json.loads(run.stdout)["maxVUs"] == 5050 >= testrun["spec"]["parallelism"] == 10
     finally:
         cli(monkeypatch, capsys, "load", "plans/local.yaml", "--remove-k6-operator-users")
+    assert fingerprint(target.db_url) == before
+
+
+def test_runners_split_the_load_as_the_operator_starts_them(target: Target, tmp_path: Path
+                                                           ) -> None:
+    """Two runner processes with the operator's argv (execution segments, --paused), started
+    by the starter's PATCH /v1/status: distinct senders, every send and broadcast made once,
+    with the tokens read from the Secrets' files."""
+    import socket
+    import time
+
+    import httpx
+    import psycopg
+
+    before = fingerprint(target.db_url)
+    params = LoadParams(attendees=6, mvp_dealers=2, organizers=2, dm_vus=4, dm_iterations=3,
+                        broadcasts=4, broadcast_vus=2, attendees_per_show=3, parallelism=2)
+    out_dir = tmp_path / "manifests"
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        k6_operator.prepare(target.api_url, target.anon_key, target.jwt_secret, target.db_url,
+                            params, k6.default_script(), out_dir, token_ttl=1800)
+        testrun = yaml.safe_load((out_dir / "testrun.yaml").read_text())
+        configmap = yaml.safe_load((out_dir / "configmap.yaml").read_text())
+        secrets = list(yaml.safe_load_all((out_dir / "secret.yaml").read_text()))
+        env, moved = pod_setup(tmp_path / "pod", testrun, configmap, secrets)
+        addresses = []
+        for index in (1, 2):
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", 0))
+                addresses.append(f"127.0.0.1:{probe.getsockname()[1]}")
+            argv = [moved(a) for a in runner_argv(testrun, index, addresses[-1])]
+            argv[0] = str(k6.venv_bin_dir() / "k6")
+            procs.append(subprocess.Popen(argv, env=env, cwd=tmp_path, text=True,
+                                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+        start = {"data": {"attributes": {"paused": False}, "id": "default", "type": "status"}}
+        for address in addresses:  # what the starter's curl does, once each runner listens
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    answer = httpx.patch(f"http://{address}/v1/status", json=start, timeout=5)
+                    break
+                except httpx.TransportError:
+                    assert time.monotonic() < deadline, f"runner at {address} never listened"
+                    time.sleep(0.2)
+            assert answer.status_code == 200, answer.text
+        outputs = [proc.communicate(timeout=120)[0] for proc in procs]
+        for proc, output in zip(procs, outputs, strict=True):
+            assert proc.returncode in (0, k6.THRESHOLDS_CROSSED), output
+            # Each runner's summary (its pod log): half the requests, the script's trend stats.
+            assert re.search(r"^\s*http_reqs\.+: 8\s", output, re.MULTILINE), output
+            assert "p(99)=" in output and "p(50)=" in output
+        with psycopg.connect(target.db_url) as conn:
+            dms = conn.execute("select count(*), count(distinct sender_id) from public.messages "
+                               "where message_text like 'load dm %'").fetchone()
+            sent = conn.execute("select count(distinct message_text) from public.messages "
+                                "where message_text like 'load broadcast %'").fetchone()
+        assert dms == (4 * 3, 4)  # each VU its own sender, across both runners
+        assert sent == (4,)  # one broadcast per show, none twice (the quota would refuse it)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        k6_operator.remove(target.db_url)
     assert fingerprint(target.db_url) == before
