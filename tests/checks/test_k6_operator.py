@@ -6,7 +6,10 @@ initializer actually runs (its `sh -c` script in a real /bin/sh with the pinned 
 `pkg/types/k6cli.go` ParseCLI, `api/v1alpha1/testrun_types.go` Argv): the test runs the exact
 string the operator would hand to `sh -c`, with the container env the operator sets. Only the
 mount points move (kubelet would mount the ConfigMap at /test and the token Secrets at
-/var/run/rollout-load; here they are directories under tmp_path).
+/var/run/rollout-load; here they are directories under tmp_path). `runner_argv` ports
+`pkg/resources/jobs/runner.go` and `pkg/segmentation`: runner processes with that argv, started
+by the starter's `PATCH /v1/status`, run the load against the local stack (only their
+`--address` moves to a free local port).
 """
 
 from __future__ import annotations
