@@ -13,6 +13,9 @@
 //   ANON_KEY       the anon key (the `apikey` header)
 //   USERS_FILE     JSON: {attendees: [{id, token}], mvp_dealers: [{id, token}],
 //                         broadcasts: [{show_id, organizer_id, token}]}  (tokens = user JWTs)
+//   TOKEN_FILES    optional, comma-separated JSON files {"<user id>": "<token>"}: the tokens
+//                  of users listed in USERS_FILE without one (the k6-operator path keeps ids
+//                  in a ConfigMap and tokens in Secrets; see rollout/adapters/k6_operator.py)
 //   DM_VUS, DM_ITERATIONS (per VU) or DM_DURATION ("30s": constant VUs instead), or DM_RATE
 //   (DMs per second for DM_DURATION: constant-arrival-rate, DM_VUS pre-allocated),
 //   BROADCASTS (0 = none), BROADCAST_VUS, MAX_DURATION, THRESHOLDS (JSON, k6's format)
@@ -39,9 +42,23 @@ function int(name, fallback) {
 
 // One copy of the (possibly large) user list shared by every VU, not one per VU.
 const users = new SharedArray("users", () => [JSON.parse(open(__ENV.USERS_FILE))]);
-const attendees = new SharedArray("attendees", () => users[0].attendees || []);
+
+// Fills in each user's token from TOKEN_FILES (by `key`, the user's id); runs once per
+// instance, in a SharedArray's callback. A sender without a token stops the test at init.
+function withTokens(list, key) {
+  const files = (__ENV.TOKEN_FILES || "").split(",").map((f) => f.trim()).filter((f) => f);
+  const tokens = Object.assign({}, ...files.map((f) => JSON.parse(open(f))));
+  return list.map((user) => {
+    const token = user.token || tokens[user[key]];
+    if (!token) throw new Error(`no token for ${user[key]} (USERS_FILE, TOKEN_FILES)`);
+    return Object.assign({}, user, { token });
+  });
+}
+
+const attendees = new SharedArray("attendees", () => withTokens(users[0].attendees || [], "id"));
 const mvpDealers = new SharedArray("mvp_dealers", () => users[0].mvp_dealers || []);
-const broadcasts = new SharedArray("broadcasts", () => users[0].broadcasts || []);
+const broadcasts = new SharedArray(
+  "broadcasts", () => withTokens(users[0].broadcasts || [], "organizer_id"));
 
 const DM_VUS = int("DM_VUS", 10);
 const DM_ITERATIONS = int("DM_ITERATIONS", 20);

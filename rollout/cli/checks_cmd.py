@@ -118,29 +118,67 @@ def _load_tables(report: LoadReport) -> list[Table]:
 def load(
     plan: str = PLAN_ARG,
     emit_k6_operator_file: str = typer.Option(
-        None, "--emit-k6-operator",
-        help="Write a k6-operator TestRun manifest here instead of running k6."),
-    parallelism: int = typer.Option(1, help="Runner pods of the k6-operator manifest."),
+        None, "--emit-k6-operator", metavar="FILE",
+        help="Write only the k6-operator TestRun here (no users, no Secrets) instead of "
+             "running k6."),
+    prepare_k6_operator_dir: str = typer.Option(
+        None, "--prepare-k6-operator", metavar="DIR",
+        help="Instead of running k6 here: seed the load users in PLAN's target, mint their "
+             "tokens, and write DIR/testrun.yaml, DIR/configmap.yaml (script, user ids) and "
+             "DIR/secret.yaml (anon key, tokens; 0600, git-ignored) for the k6-operator "
+             "(v1.6.0 or later). Then: kubectl apply --server-side -f DIR/configmap.yaml -f "
+             "DIR/secret.yaml && kubectl create -f DIR/testrun.yaml."),
+    remove_k6_operator_users: bool = typer.Option(
+        False, "--remove-k6-operator-users",
+        help="Delete the load users (and what they wrote) that --prepare-k6-operator seeded "
+             "in PLAN's target."),
+    seed_scale: bool = typer.Option(
+        False, "--seed-scale",
+        help="Size the k6-operator load as the seed's (5,000 DM VUs, 500 broadcasts, "
+             "p99 < 200 ms, errors < 0.5 %, 10 runners) instead of the plan's check.load."),
+    parallelism: int = typer.Option(
+        None, min=1, show_default="1, or 10 with --seed-scale",
+        help="Runner pods of the k6-operator TestRun; at most the script's VUs (the operator "
+             "refuses more)."),
+    token_ttl: str = typer.Option(
+        "2h", "--token-ttl", metavar="DURATION",
+        help="How long the --prepare-k6-operator tokens stay valid, e.g. 90m, 2h, 1h30m: the "
+             "TestRun must start and finish within it (at least the script's longest run "
+             "plus 10 minutes)."),
+    yes: bool = typer.Option(False, "--yes", help="Do not ask before seeding a production "
+                                                  "target (--prepare/--remove)."),
     json_output: bool = JSON_OPT,
 ) -> None:
     """Run the seed's §4.3 load (k6) against PLAN's target, sized by its `check.load` step.
 
     Shows live progress, then per endpoint: requests, rate, p50/p95/p99, error rate, and each
     threshold's verdict. Exit 1 when a threshold is crossed.
+
+    Beyond one machine (k6-operator): `--prepare-k6-operator DIR [--seed-scale]
+    [--parallelism N] [--token-ttl 2h]` seeds the users and writes the manifests;
+    `--remove-k6-operator-users` deletes the users afterwards.
     """
-    from rollout.adapters.k6 import default_script, emit_k6_operator
     from rollout.engine.events import Masker
     from rollout.engine.plan import load_plan
-    from rollout.engine.rehearsal import load_check, load_params
-    from rollout.engine.targets import build_target
+    from rollout.engine.rehearsal import load_check
 
     loaded = load_plan(Path(plan))
-    params = load_params(loaded)
-    if emit_k6_operator_file:
-        params.parallelism = parallelism
-        path = emit_k6_operator(params, default_script(), Path(emit_k6_operator_file))
-        out.print(f"wrote {path} (k6-operator TestRun, {parallelism} runner(s))")
+    if emit_k6_operator_file or prepare_k6_operator_dir or remove_k6_operator_users:
+        from rollout.cli import k6_operator_cmd as operator
+
+        if remove_k6_operator_users:
+            operator.remove(loaded, yes)
+            return
+        params = operator.sized(loaded, seed_scale, parallelism)
+        if prepare_k6_operator_dir:
+            operator.prepare(loaded, params, Path(prepare_k6_operator_dir), token_ttl, yes)
+        else:
+            operator.emit(loaded, params, Path(emit_k6_operator_file))
         return
+    from rollout.engine.rehearsal import load_params
+    from rollout.engine.targets import build_target
+
+    params = load_params(loaded)
     target = build_target(loaded)
     masker = Masker(loaded.secrets)
     sink = _quiet if json_output else HumanRenderer(out)

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import psycopg
 import pytest
-import yaml
 
 from rollout.adapters import k6
 from rollout.adapters.k6 import LoadParams
@@ -149,31 +148,6 @@ def test_load_users_seed_is_idempotent_and_removable(target: Target) -> None:
     assert removed["auth.users"] == 9 and removed["shows"] == 3
     assert fingerprint(target.db_url) == before
     assert k6.remove_load_users(target.db_url)["auth.users"] == 0
-
-
-def test_k6_operator_manifest(tmp_path: Path) -> None:
-    params = small(parallelism=4, dm_vus=5000, broadcasts=500,
-                   thresholds={"http_req_duration{kind:dm}": ["p(99)<200"],
-                               "http_req_failed": ["rate<0.005"]})
-    script = k6.default_script()
-    out = k6.emit_k6_operator(params, script, tmp_path / "testrun.yaml")
-    text = out.read_text()
-    doc = yaml.safe_load(text)
-    assert doc["apiVersion"] == "k6.io/v1alpha1" and doc["kind"] == "TestRun"
-    spec = doc["spec"]
-    assert spec["parallelism"] == 4
-    assert spec["script"]["configMap"] == {"name": "rollout-messaging-load",
-                                           "file": "messaging.js"}
-    assert "--no-usage-report" in spec["arguments"]
-    env = {e["name"]: e for e in spec["runner"]["env"]}
-    assert env["ANON_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "rollout-load"
-    assert "value" not in env["ANON_KEY"] and "value" not in env["API_URL"]
-    assert env["DM_VUS"]["value"] == "5000" and env["BROADCASTS"]["value"] == "500"
-    assert json.loads(env["THRESHOLDS"]["value"]) == params.thresholds
-    mounts = spec["runner"]["volumeMounts"]
-    assert env["USERS_FILE"]["value"].startswith(mounts[0]["mountPath"])
-    assert spec["runner"]["volumes"][0]["secret"]["secretName"] == "rollout-load"
-    assert text.startswith("# k6-operator TestRun")
 
 
 def test_thresholds_from_cli_strings() -> None:
