@@ -141,6 +141,30 @@ def supabase(server: FakeHttp) -> tuple[FakeSupabase, str]:
     return server.fake, f"http://127.0.0.1:{server.server_address[1]}"
 
 
+# The app's tables and functions in public, the journal and the archive; extensions stay.
+RESET_APP = """
+drop schema if exists messaging_v2_archive, rollout cascade;
+do $$
+declare
+  r record;
+begin
+  for r in select c.oid::regclass as t from pg_class c
+            where c.relnamespace = 'public'::regnamespace and c.relkind = 'r'
+              and not exists (select from pg_depend d where d.objid = c.oid and d.deptype = 'e')
+  loop
+    execute format('drop table if exists %s cascade', r.t);
+  end loop;
+  for r in select p.oid::regprocedure as f from pg_proc p
+            where p.pronamespace = 'public'::regnamespace
+              and not exists (select from pg_depend d where d.objid = p.oid and d.deptype = 'e')
+  loop
+    execute format('drop function if exists %s cascade', r.f);
+  end loop;
+end
+$$;
+"""
+
+
 @pytest.fixture
 def project(cron_server: CronServer) -> str:  # noqa: F811
     """The staging project's database as it is today: Supabase roles, the legacy app, Vault."""
@@ -148,6 +172,8 @@ def project(cron_server: CronServer) -> str:  # noqa: F811
         conn.execute("select cron.unschedule(jobid) from cron.job")
         conn.execute("truncate vault.secrets, net._http_response")
         conn.execute("delete from cron.job_run_details")
+        # Production's schema is not re-runnable (it is a dump): start each test from nothing.
+        conn.execute(RESET_APP)
         apply_bootstrap(conn)
         for name in ("legacy_baseline.sql", "local/demo_seed.sql"):
             conn.execute((ROOT / "migrations" / name).read_text().encode())
