@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import threading
@@ -90,12 +91,25 @@ def _confirm_production(plan: Plan, yes: bool, verb: str) -> None:
 
 
 def _sigterm_as_interrupt() -> None:
-    """SIGTERM stops a run the way Ctrl-C does: cleanly, maintenance lifted."""
+    """SIGTERM and SIGHUP (the terminal closed) stop a run the way Ctrl-C does: cleanly, the
+    maintenance window lifted, the journal saying which signal."""
 
     def handler(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
+        if signum == signal.SIGHUP:
+            _detach_from_terminal()
+        raise KeyboardInterrupt(signal.Signals(signum).name)
 
     signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGHUP, handler)
+
+
+def _detach_from_terminal() -> None:
+    """A closed terminal fails every write (EIO): send what the clean-up prints nowhere."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for fd in (1, 2):
+        if os.isatty(fd):
+            os.dup2(devnull, fd)
+    os.close(devnull)
 
 
 def _interactive_approver(engine: Engine) -> object:
@@ -135,7 +149,7 @@ def plan_command(
     views = engine.view()
     if json_output:
         print(json.dumps({"plan": loaded.name, "environment": loaded.environment,
-                          "checksum": loaded.checksum,
+                          "checksum": loaded.checksum, "warnings": engine.warnings,
                           "steps": [view.__dict__ for view in views]}, indent=2))
         return
     table = Table("#", "step", "kind", "state", "on failure", "what it does",
@@ -144,6 +158,8 @@ def plan_command(
         table.add_row(str(i), view.id, view.kind, STATE_STYLE.get(view.state, view.state),
                       view.on_failure, engine.masker.text(view.description))
     out.print(table)
+    if engine.warnings:
+        _print_dead_run(engine.warnings)
 
 
 @app.command()
@@ -218,18 +234,34 @@ def _journal_for(plan: str) -> tuple[Plan, Journal]:
     return loaded, journal
 
 
+def _print_dead_run(lines: list[str]) -> None:
+    head, *rest = lines
+    err.print(f"[red]{head}[/red]", soft_wrap=True)
+    for line in rest:
+        err.print(f"  {line}", soft_wrap=True)
+
+
 @app.command()
 def status(plan: str = PLAN_OR_ENV, json_output: bool = JSON_OPT) -> None:
-    """The environment's state from the journal: each step, last run, lock holder."""
+    """The environment's state from the journal: each step, last run, lock holder.
+
+    A run whose process is gone shows as dead, with what it left and how to finish or undo it.
+    """
+    from rollout.engine.liveness import dead_run
+
     loaded, journal = _journal_for(plan)
     states = journal.states(loaded.environment)
     runs = journal.runs(loaded.environment, limit=1)
     holder = journal.lock_holder(loaded.environment)
+    dead = dead_run(journal, loaded)
+    if dead:
+        runs[0].status = "dead"
     if json_output:
         print(json.dumps({"environment": loaded.environment,
                           "steps": {k: v.__dict__ for k, v in states.items()},
                           "last_run": runs[0].__dict__ if runs else None,
-                          "lock": holder}, default=str, indent=2))
+                          "lock": holder,
+                          "dead_run": dead.lines() if dead else None}, default=str, indent=2))
         return
     table = Table("step", "kind", "state", "run", "updated", title=loaded.environment)
     for planned in loaded.steps:
@@ -246,6 +278,8 @@ def status(plan: str = PLAN_OR_ENV, json_output: bool = JSON_OPT) -> None:
     if holder:
         out.print(f"[yellow]locked by run {str(holder['run_id'])[:8]} ({holder['operator']}@"
                   f"{holder['host']}) since {holder['since']:%H:%M:%S}[/yellow]")
+    if dead:
+        _print_dead_run(dead.lines())
 
 
 @app.command()

@@ -10,6 +10,7 @@ says who holds it, for the refusal message.
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -20,8 +21,9 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg.types.json import Jsonb
 
+from rollout.adapters import database as db
 from rollout.engine.events import Masker
-from rollout.errors import LockHeld, TargetError
+from rollout.errors import LockHeld, StepFailed, TargetError
 
 SCHEMA_SQL = """
 create schema if not exists rollout;
@@ -138,6 +140,7 @@ STATE_UPSERT = (
     "status = excluded.status, fingerprint = excluded.fingerprint, "
     "run_id = excluded.run_id, detail = excluded.detail, updated_at = now()")
 RECONNECT_SECONDS = 30.0
+HEARTBEAT_SECONDS = 1.0  # how often a run renews its maintenance lease
 T = TypeVar("T")
 
 
@@ -163,6 +166,9 @@ class EnvironmentLock:
 
     If that connection dies (the database restarted), the lock died with it: `ensure()`
     re-takes it before the next step, or stops the run if someone else took it meanwhile.
+    That session is also the run's life for the maintenance window: a heartbeat thread renews
+    the window's lease on it every second (db.renew_lease); if the process stops renewing
+    (SIGSTOP, a hung machine) and the lease lapses, `ensure()` stops the run.
     """
 
     def __init__(self, journal: Journal, environment: str, run_id: str, operator: str,
@@ -173,6 +179,25 @@ class EnvironmentLock:
         self.operator = operator
         self.host = host
         self.holder: psycopg.Connection[Any] | None = None
+        self.lapsed = False
+        self._stop = threading.Event()
+        self._heartbeat: threading.Thread | None = None
+
+    @property
+    def pid(self) -> int | None:
+        """The backend pid of the run's session (the maintenance lease is bound to it)."""
+        return self.holder.info.backend_pid if self.holder and not self.holder.closed else None
+
+    def _beat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_SECONDS):
+            holder = self.holder
+            if holder is None or holder.closed:
+                continue
+            try:
+                if db.renew_lease(holder, self.run_id) is False:
+                    self.lapsed = True
+            except psycopg.Error:
+                continue  # the connection died: ensure() reconnects at the next step
 
     def acquire(self) -> bool:
         self.holder = connect_with_retry(self.journal.url, RECONNECT_SECONDS)
@@ -186,23 +211,41 @@ class EnvironmentLock:
             "update set run_id = excluded.run_id, operator = excluded.operator, "
             "host = excluded.host, pid = excluded.pid, since = excluded.since",
             (self.environment, self.run_id, self.operator, self.host))
+        if self._heartbeat is None:
+            self._heartbeat = threading.Thread(target=self._beat, daemon=True,
+                                               name="rollout-lease")
+            self._heartbeat.start()
         return True
 
     def ensure(self) -> None:
+        """Before each step: the lock is still ours (re-taken after a restart) and the
+        window's lease, if any, has not lapsed."""
         try:
             if self.holder is not None and not self.holder.closed:
-                self.holder.execute("select 1")
+                if db.renew_lease(self.holder, self.run_id) is False:
+                    self.lapsed = True
+                if self.lapsed:
+                    raise StepFailed(
+                        "the maintenance window's lease lapsed (this process stopped renewing "
+                        "it, e.g. it was suspended): API writes were allowed again, so the run "
+                        "stops here", hint="check the data, then `--resume` or `rollout rollback`")
                 return
         except psycopg.OperationalError:
             pass
         if self.holder is not None:
             self.holder.close()
-        if not self.acquire():
-            raise LockHeld(f"lost the lock on {self.environment!r} (the database restarted) "
-                           f"and another run took it: "
-                           f"{self.journal._holder_message(self.environment)}")
+        if self.acquire():
+            assert self.holder is not None
+            db.move_lease(self.holder, self.run_id)  # the window follows the new session
+            return
+        raise LockHeld(f"lost the lock on {self.environment!r} (the database restarted) "
+                       f"and another run took it: "
+                       f"{self.journal._holder_message(self.environment)}")
 
     def release(self) -> None:
+        self._stop.set()
+        if self._heartbeat is not None:
+            self._heartbeat.join()
         if self.holder is None:
             return
         with contextlib.suppress(psycopg.Error):

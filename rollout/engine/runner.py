@@ -103,6 +103,7 @@ class Engine:
         self._sink = sink
         self.root = project_root()
         self.journal: Journal | None = None
+        self.lock: EnvironmentLock | None = None
         self.results: list[StepFinished] = []
 
     # ---- events ----------------------------------------------------------------------------
@@ -116,13 +117,22 @@ class Engine:
     # ---- read-only view --------------------------------------------------------------------
 
     def view(self) -> list[StepView]:
-        """What `apply` would do now, without changing anything (not even the journal)."""
+        """What `apply` would do now, without changing anything (not even the journal).
+
+        What the operator must know besides the steps (a dead run and what it left) goes to
+        `self.warnings`.
+        """
+        from rollout.engine.liveness import dead_run
+
+        self.warnings: list[str] = []
         states: dict[str, StepState] = {}
         if self.target.reachable():
             journal = Journal(self.target.db_url, self.masker)
             try:
                 if journal.exists():
                     states = journal.states(self.plan.environment)
+                    dead = dead_run(journal, self.plan)
+                    self.warnings += dead.lines() if dead else []
             finally:
                 journal.close()
         views = []
@@ -159,6 +169,7 @@ class Engine:
         operator = options.operator or operator_name()
         host = socket.gethostname()
         with journal.lock(self.plan.environment, run_id, operator, host) as lock:
+            self.lock = lock
             if interrupted and not options.resume:
                 # We hold the environment's lock, so whoever ran it is gone.
                 journal.set_run_status(interrupted.id, "interrupted",
@@ -233,10 +244,12 @@ class Engine:
                     message = "completed with failures: " + "; ".join(failures)
         except RollbackFailed as err:
             status, exit_code, message = "rollback-failed", 3, str(err)
-        except KeyboardInterrupt:
-            status, exit_code, message = "interrupted", 1, "interrupted by the operator"
+        except StepFailed as err:  # between steps: the window's lease lapsed
+            status, exit_code, message = "failed", 1, str(err)
+        except KeyboardInterrupt as err:
+            status, exit_code, message = "interrupted", 1, f"interrupted ({interruption(err)})"
         finally:
-            self._lift_maintenance_unless(status == "succeeded")
+            self._lift_maintenance_unless(status == "succeeded", f"run {status}")
             journal.set_run_status(run_id, status, message or None)
         self.emit(RunFinished(run_id, "apply", status, exit_code, time.monotonic() - began,
                               message))
@@ -304,6 +317,7 @@ class Engine:
         run_id = str(uuid.uuid4())
         began = time.monotonic()
         with journal.lock(self.plan.environment, run_id, operator, host) as lock:
+            self.lock = lock
             interrupted = journal.interrupted_run(self.plan.environment)
             if interrupted:
                 journal.set_run_status(interrupted.id, "abandoned",
@@ -324,7 +338,7 @@ class Engine:
             except KeyboardInterrupt:
                 status, exit_code, message = "interrupted", 3, "rollback interrupted"
             finally:
-                self._lift_maintenance_unless(False)
+                self._lift_maintenance_unless(False, f"rollback {status}")
                 journal.set_run_status(run_id, status, message or None)
         self.emit(RunFinished(run_id, "rollback", status, exit_code, time.monotonic() - began,
                               message))
@@ -394,7 +408,8 @@ class Engine:
             wait_for_approval=lambda gate, message, timeout: self._wait_for_approval(
                 run_id, gate, message, timeout, approver),
             extra={"slack_webhook_url": self.plan.model.notifications.slack_webhook_url,
-                   "maintenance_since": self._maintenance_since(run_id)},
+                   "maintenance_since": self._maintenance_since(run_id),
+                   "session_pid": self.lock.pid if self.lock else None},
         )
         artifacts.mkdir(parents=True, exist_ok=True)
         return ctx
@@ -424,9 +439,10 @@ class Engine:
             time.sleep(APPROVAL_POLL_SECONDS)
         raise StepFailed(f"no approval for step {step_id} within {timeout:.0f}s")
 
-    def _lift_maintenance_unless(self, succeeded: bool) -> None:
+    def _lift_maintenance_unless(self, succeeded: bool, how: str) -> None:
         """Never leave the API read-only: lift the window unless the run succeeded with it
-        closed (a successful plan closes it itself; lifting again is harmless)."""
+        closed (a successful plan closes it itself; lifting again is harmless). `how` is
+        journaled as the way the window ended."""
         try:
             active = db.maintenance_active(self.target.db_url)
         except RolloutError:
@@ -434,7 +450,7 @@ class Engine:
                              "check it with `rollout status`", "error"))
             return
         if active:
-            lifted = db.maintenance_off(self.target.db_url)
+            lifted = db.maintenance_off(self.target.db_url, f"lifted when the {how}")
             level = "info" if succeeded else "warning"
             self.emit(Notice(f"maintenance window lifted on {len(lifted)} table(s)", level))
 
@@ -445,6 +461,11 @@ class Engine:
             plan_checksum=self.plan.checksum, git_commit=git_commit(self.root),
             operator=operator, host=host, status="running", started_at=None,  # type: ignore[arg-type]
             finished_at=None, message=None, release_fingerprint=self.plan.release_fingerprint)
+
+
+def interruption(err: KeyboardInterrupt) -> str:
+    """Which signal stopped the run (the CLI raises KeyboardInterrupt('SIGTERM'), …)."""
+    return str(err.args[0]) if err.args else "SIGINT, Ctrl-C"
 
 
 def describe_failure(err: BaseException) -> str:

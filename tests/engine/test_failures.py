@@ -46,8 +46,8 @@ BAD = window_around("""
 
 
 def maintenance_on(cli: Cli) -> bool:
-    return bool(cli.one("select count(*) from pg_policies "
-                        "where policyname like 'rollout_maintenance_%%'"))
+    return bool(cli.one("select count(*) from pg_trigger "
+                        "where tgname = 'rollout_maintenance_guard'"))
 
 
 def wait_for(predicate, timeout: float = 60) -> None:  # type: ignore[no-untyped-def]
