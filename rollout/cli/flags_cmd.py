@@ -50,7 +50,7 @@ def plan_for(plan: str | None, env: str | None) -> Plan:
     return _load(plan or str(project_root() / "plans" / "local.yaml"))
 
 
-def db_url_for(plan: Plan) -> str:
+def db_url_for(plan: Plan, flags_table: bool = True) -> str:
     """The plan's target database, which must be running (flags never start a stack)."""
     from rollout.adapters import flags
     from rollout.engine.targets import build_target
@@ -62,7 +62,8 @@ def db_url_for(plan: Plan) -> str:
                          hint="`rollout local up` starts the local stack; for Supabase check "
                               "DATABASE_URL")
     url = target.db_url
-    flags.require_flags_table(url)
+    if flags_table:
+        flags.require_flags_table(url)
     return url
 
 
@@ -197,9 +198,11 @@ def history_command(
     from rollout.adapters import flags
 
     loaded = plan_for(plan, env)
-    url = db_url_for(loaded)
-    flags.get_flag(url, name)
+    url = db_url_for(loaded, flags_table=False)  # after a rollback the audit is archived
     rows = flags.history(url, name, limit)
+    if not rows:
+        flags.require_flags_table(url)
+        flags.get_flag(url, name)
     if json_output:
         _print_json(rows)
         return

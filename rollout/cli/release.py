@@ -19,6 +19,7 @@ from rollout.errors import UsageError
 from rollout.paths import project_root
 
 if TYPE_CHECKING:
+    from rollout.adapters.targets import Target
     from rollout.cli.render import JsonRenderer
     from rollout.engine.journal import Journal
     from rollout.engine.plan import Plan
@@ -158,6 +159,7 @@ def plan_command(
         table.add_row(str(i), view.id, view.kind, STATE_STYLE.get(view.state, view.state),
                       view.on_failure, engine.masker.text(view.description))
     out.print(table)
+    _print_drifts({view.id: view.drift for view in views if view.drift})
     if engine.warnings:
         _print_dead_run(engine.warnings)
 
@@ -220,6 +222,11 @@ def rollback(
 
 
 def _journal_for(plan: str) -> tuple[Plan, Journal]:
+    loaded, journal, _ = _target_journal(plan)
+    return loaded, journal
+
+
+def _target_journal(plan: str) -> tuple[Plan, Journal, Target]:
     from rollout.engine.journal import Journal
     from rollout.engine.targets import build_target
 
@@ -231,7 +238,12 @@ def _journal_for(plan: str) -> tuple[Plan, Journal]:
     journal = Journal(target.db_url)
     if not journal.exists():
         raise UsageError(f"{loaded.environment}: nothing has been run there yet")
-    return loaded, journal
+    return loaded, journal, target
+
+
+def _print_drifts(drifts: dict[str, str]) -> None:
+    for step_id, note in drifts.items():
+        out.print(f"[yellow]{step_id}: {note}[/yellow]", soft_wrap=True)
 
 
 def _print_dead_run(lines: list[str]) -> None:
@@ -248,9 +260,11 @@ def status(plan: str = PLAN_OR_ENV, json_output: bool = JSON_OPT) -> None:
     A run whose process is gone shows as dead, with what it left and how to finish or undo it.
     """
     from rollout.engine.liveness import dead_run
+    from rollout.engine.runner import drift_notes
 
-    loaded, journal = _journal_for(plan)
+    loaded, journal, target = _target_journal(plan)
     states = journal.states(loaded.environment)
+    drifts = drift_notes(loaded, target, states)
     runs = journal.runs(loaded.environment, limit=1)
     holder = journal.lock_holder(loaded.environment)
     dead = dead_run(journal, loaded)
@@ -261,6 +275,7 @@ def status(plan: str = PLAN_OR_ENV, json_output: bool = JSON_OPT) -> None:
                           "steps": {k: v.__dict__ for k, v in states.items()},
                           "last_run": runs[0].__dict__ if runs else None,
                           "lock": holder,
+                          "drift": drifts,
                           "dead_run": dead.lines() if dead else None}, default=str, indent=2))
         return
     table = Table("step", "kind", "state", "run", "updated", title=loaded.environment)
@@ -270,6 +285,7 @@ def status(plan: str = PLAN_OR_ENV, json_output: bool = JSON_OPT) -> None:
                       state.run_id[:8] if state else "-",
                       f"{state.updated_at:%Y-%m-%d %H:%M:%S}" if state else "-")
     out.print(table)
+    _print_drifts(drifts)
     if runs:
         run = runs[0]
         out.print(f"last run {run.id[:8]}: {run.command} {run.status} by {run.operator}@"

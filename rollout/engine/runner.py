@@ -54,6 +54,7 @@ class StepView:
     description: str
     state: str  # pending | applied | changed | disabled | always
     on_failure: str
+    drift: str | None = None  # how the target moved since the step was applied
 
 
 @dataclass
@@ -126,11 +127,13 @@ class Engine:
 
         self.warnings: list[str] = []
         states: dict[str, StepState] = {}
+        drifts: dict[str, str] = {}
         if self.target.reachable():
             journal = Journal(self.target.db_url, self.masker)
             try:
                 if journal.exists():
                     states = journal.states(self.plan.environment)
+                    drifts = drift_notes(self.plan, self.target, states)
                     dead = dead_run(journal, self.plan)
                     self.warnings += dead.lines() if dead else []
             finally:
@@ -145,7 +148,8 @@ class Engine:
                 state = "always"
             elif (found := states.get(step.id)) and found.status == "applied":
                 state = "applied" if found.fingerprint == fingerprint(planned) else "changed"
-            views.append(StepView(step.id, step.kind, step.describe(), state, planned.on_failure))
+            views.append(StepView(step.id, step.kind, step.describe(), state, planned.on_failure,
+                                  drifts.get(step.id)))
         return views
 
     # ---- apply -------------------------------------------------------------------------------
@@ -461,6 +465,18 @@ class Engine:
             plan_checksum=self.plan.checksum, git_commit=git_commit(self.root),
             operator=operator, host=host, status="running", started_at=None,  # type: ignore[arg-type]
             finished_at=None, message=None, release_fingerprint=self.plan.release_fingerprint)
+
+
+def drift_notes(plan: Plan, target: Target, states: dict[str, StepState]) -> dict[str, str]:
+    """Applied steps whose effect the target no longer shows (a flag killed since), by id."""
+    notes = {}
+    for planned in plan.steps:
+        state = states.get(planned.step.id)
+        if state and state.status == "applied":
+            note = planned.step.drift(target, state.detail)
+            if note:
+                notes[planned.step.id] = note
+    return notes
 
 
 def interruption(err: KeyboardInterrupt) -> str:
