@@ -334,17 +334,40 @@ def approve(
 def unlock(
     plan: str = PLAN_OR_ENV,
     force: bool = typer.Option(False, "--force", help="Required: ends the holder's session."),
+    stop_live_run: bool = typer.Option(
+        False, "--stop-live-run",
+        help="With --force, also when the holder is alive: it is told to stop before its next "
+             "step (never run alongside it)."),
 ) -> None:
-    """Free the environment's lock held by a dead or stuck run (shows the holder first)."""
+    """Free the environment's lock held by a dead or stuck run (shows the holder first).
+
+    A holder whose process is alive is refused (exit 5) unless `--stop-live-run`.
+    """
+    from rollout.engine.runner import operator_name
+
     loaded, journal = _journal_for(plan)
     holder = journal.lock_holder(loaded.environment)
     if holder is None:
         out.print(f"{loaded.environment} is not locked")
         return
-    out.print(f"held by run {str(holder['run_id'])[:8]} ({holder['operator']}@{holder['host']}, "
-              f"backend pid {holder['pid']}) since {holder['since']}")
+    run_id = str(holder["run_id"])
+    age = journal.beat_age(run_id)
+    alive = journal.alive(run_id)
+    life = (f"ALIVE: its process beat {age:.0f}s ago" if alive else
+            "its process is not beating (dead or frozen)")
+    out.print(f"held by run {run_id[:8]} ({holder['operator']}@{holder['host']}, "
+              f"backend pid {holder['pid']}) since {holder['since']} — {life}")
     if not force:
         err.print("[red]pass --force to end that session and free the lock[/red]")
         raise typer.Exit(2)
-    journal.force_unlock(loaded.environment)
+    if alive and not stop_live_run:
+        from rollout.errors import LockHeld
+
+        raise LockHeld(f"run {run_id[:8]} is alive: not unlocking under it",
+                       hint="wait for it; to stop it: rollout unlock "
+                            f"{plan} --force --stop-live-run")
+    journal.force_unlock(loaded.environment, operator_name() if alive else None)
+    if alive:
+        out.print(f"[yellow]run {run_id[:8]} was told to stop: it stops before its next step "
+                  "(the maintenance window, if open, ends with its session)[/yellow]")
     out.print(f"[green]{loaded.environment} unlocked[/green]")

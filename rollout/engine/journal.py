@@ -9,6 +9,7 @@ says who holds it, for the refusal message.
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import threading
 import time
@@ -46,6 +47,9 @@ create table if not exists rollout.runs (
 );
 -- What the run shipped (Plan.release_fingerprint): matches a staging rehearsal to production.
 alter table rollout.runs add column if not exists release_fingerprint text;
+-- The run's process beats every second, on a connection of its own: alive = a recent beat.
+alter table rollout.runs add column if not exists heartbeat_at timestamptz;
+alter table rollout.runs add column if not exists heartbeat_pid int;
 create index if not exists runs_environment_started on rollout.runs (environment, started_at desc);
 create table if not exists rollout.step_events (
   id bigserial primary key,
@@ -140,7 +144,8 @@ STATE_UPSERT = (
     "status = excluded.status, fingerprint = excluded.fingerprint, "
     "run_id = excluded.run_id, detail = excluded.detail, updated_at = now()")
 RECONNECT_SECONDS = 30.0
-HEARTBEAT_SECONDS = 1.0  # how often a run renews its maintenance lease
+HEARTBEAT_SECONDS = 1.0  # how often a run beats (rollout.runs.heartbeat_at) and renews its lease
+ALIVE_SECONDS = 10  # a run whose last beat is older is not alive (dead, or frozen)
 T = TypeVar("T")
 
 
@@ -180,6 +185,7 @@ class EnvironmentLock:
         self.host = host
         self.holder: psycopg.Connection[Any] | None = None
         self.lapsed = False
+        self.stopped_by: str | None = None  # set when another operator told this run to stop
         self._stop = threading.Event()
         self._heartbeat: threading.Thread | None = None
 
@@ -189,15 +195,30 @@ class EnvironmentLock:
         return self.holder.info.backend_pid if self.holder and not self.holder.closed else None
 
     def _beat(self) -> None:
+        """Every second, on a connection of its own (it outlives the lock session: after
+        `unlock --force` the process is still seen alive until it stops): the run's heartbeat,
+        and the renewal of its maintenance lease."""
+        conn: psycopg.Connection[Any] | None = None
         while not self._stop.wait(HEARTBEAT_SECONDS):
-            holder = self.holder
-            if holder is None or holder.closed:
-                continue
             try:
-                if db.renew_lease(holder, self.run_id) is False:
+                if conn is None or conn.closed:
+                    conn = psycopg.connect(self.journal.url, autocommit=True, connect_timeout=5)
+                row = conn.execute(
+                    "update rollout.runs set heartbeat_at = now(), heartbeat_pid = "
+                    "pg_backend_pid() where id = %s returning status, message",
+                    (self.run_id,)).fetchone()
+                if row and row[0] == "stopping" and not self.stopped_by:
+                    # `unlock --force --stop-live-run`: stop now, the way Ctrl-C does.
+                    self.stopped_by = str(row[1])
+                    _thread.interrupt_main()
+                if db.renew_lease(conn, self.run_id) is False:
                     self.lapsed = True
             except psycopg.Error:
-                continue  # the connection died: ensure() reconnects at the next step
+                if conn is not None:
+                    conn.close()
+                conn = None  # the database restarted: reconnect at the next beat
+        if conn is not None:
+            conn.close()
 
     def acquire(self) -> bool:
         self.holder = connect_with_retry(self.journal.url, RECONNECT_SECONDS)
@@ -236,6 +257,9 @@ class EnvironmentLock:
             self.holder.close()
         if self.acquire():
             assert self.holder is not None
+            stop = self.journal.stop_request(self.run_id)
+            if stop:
+                raise StepFailed(f"stopped: {stop}")
             db.move_lease(self.holder, self.run_id)  # the window follows the new session
             return
         raise LockHeld(f"lost the lock on {self.environment!r} (the database restarted) "
@@ -336,20 +360,49 @@ class Journal:
             return None
         return dict(zip(("pid", "run_id", "operator", "host", "since"), row, strict=True))
 
-    def force_unlock(self, environment: str) -> dict[str, Any] | None:
+    def force_unlock(self, environment: str, stopped_by: str | None = None
+                     ) -> dict[str, Any] | None:
+        """End the lock holder's session. A live run is first told to stop (`stopped_by`):
+        it sees the request when it re-takes the lock before its next step, and stops there."""
         holder = self.lock_holder(environment)
+        if holder and stopped_by:
+            self.execute("update rollout.runs set status = 'stopping', message = %s "
+                         "where id = %s", (f"told to stop by {stopped_by} (rollout unlock "
+                                           "--force --stop-live-run)", holder["run_id"]))
         if holder:
             self.execute("select pg_terminate_backend(%s)", (holder["pid"],))
         self.execute("delete from rollout.locks where environment = %s", (environment,))
         return holder
+
+    def stop_request(self, run_id: str) -> str | None:
+        row = self.execute("select message from rollout.runs where id = %s and "
+                           "status = 'stopping'", (run_id,)).fetchone()
+        return str(row[0]) if row else None
+
+    def beat_age(self, run_id: str) -> float | None:
+        """Seconds since the run's process last beat, if the session it beats on is still
+        connected; None otherwise (killed: at once). Read through to_jsonb, so a journal from
+        before heartbeats needs no upgrade."""
+        row = self.execute(
+            "select extract(epoch from now() - (b ->> 'heartbeat_at')::timestamptz), "
+            "exists (select from pg_stat_activity where pid = (b ->> 'heartbeat_pid')::int) "
+            "from (select to_jsonb(r) b from rollout.runs r where id = %s) s",
+            (run_id,)).fetchone()
+        return float(row[0]) if row and row[0] is not None and row[1] else None
+
+    def alive(self, run_id: str) -> bool:
+        """The run's process is alive: it beat within ALIVE_SECONDS."""
+        age = self.beat_age(run_id)
+        return age is not None and age < ALIVE_SECONDS
 
     # ---- runs ----------------------------------------------------------------------------------
 
     def start_run(self, run: RunInfo) -> None:
         self.execute(
             "insert into rollout.runs (id, environment, command, plan_name, plan_path, "
-            "plan_checksum, git_commit, operator, host, status, release_fingerprint) "
-            "values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            "plan_checksum, git_commit, operator, host, status, release_fingerprint, "
+            "heartbeat_at, heartbeat_pid) "  # alive from its first row: the beats follow
+            "values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, now(), pg_backend_pid())",
             (run.id, run.environment, run.command, run.plan_name, run.plan_path,
              run.plan_checksum, run.git_commit, run.operator, run.host, run.status,
              run.release_fingerprint))
@@ -388,7 +441,7 @@ class Journal:
     def interrupted_run(self, environment: str) -> RunInfo | None:
         """The newest apply that never finished (its process died holding nothing)."""
         for run in self.runs(environment, limit=5):
-            if run.command == "apply" and run.status in ("running", "interrupted"):
+            if run.command == "apply" and run.status in ("running", "interrupted", "stopping"):
                 return run
             if run.command == "apply":
                 return None

@@ -1,4 +1,5 @@
-"""A dead run: journaled as running, but no process holds its environment's lock any more.
+"""A dead run: journaled as running, but no process holds its environment's lock any more
+and its heartbeat session is gone (or silent for ALIVE_SECONDS).
 
 A run's life is its lock session (journal.EnvironmentLock): SIGKILL, a closed terminal or a
 lost machine end it, and the journal row stays `running`. `status`, `plan` and `check health`
@@ -51,11 +52,11 @@ class DeadRun:
 def dead_run(journal: Journal, plan: Plan) -> DeadRun | None:
     """The environment's newest run if it is journaled `running` and its session is gone."""
     runs = journal.runs(plan.environment, limit=1)
-    if not runs or runs[0].status != "running":
+    if not runs or runs[0].status not in ("running", "stopping"):
         return None
     run = runs[0]
     holder = journal.lock_holder(plan.environment)
-    if holder and str(holder["run_id"]) == run.id:
+    if (holder and str(holder["run_id"]) == run.id) or journal.alive(run.id):
         return None
     done = journal.completed_in_run(run.id)
     unfinished = [p.spec.id for p in plan.steps if p.enabled and p.spec.id not in done]

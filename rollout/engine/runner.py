@@ -35,9 +35,15 @@ from rollout.engine.events import (
     StepProgress,
     StepStarted,
 )
-from rollout.engine.journal import EnvironmentLock, Journal, RunInfo, StepState
+from rollout.engine.journal import (
+    ALIVE_SECONDS,
+    EnvironmentLock,
+    Journal,
+    RunInfo,
+    StepState,
+)
 from rollout.engine.plan import Plan, PlannedStep
-from rollout.errors import RollbackFailed, RolloutError, StepFailed, UsageError
+from rollout.errors import LockHeld, RollbackFailed, RolloutError, StepFailed, UsageError
 from rollout.paths import project_root, state_dir
 from rollout.steps import StepContext
 
@@ -174,10 +180,10 @@ class Engine:
         host = socket.gethostname()
         with journal.lock(self.plan.environment, run_id, operator, host) as lock:
             self.lock = lock
+            if interrupted:
+                self._refuse_if_alive(interrupted)
             if interrupted and not options.resume:
-                # We hold the environment's lock, so whoever ran it is gone.
-                journal.set_run_status(interrupted.id, "interrupted",
-                                       "the process ended without finishing")
+                # A refusal writes nothing: the journal keeps the run as it was left.
                 raise UsageError(
                     f"run {interrupted.id[:8]} on {self.plan.environment!r} was interrupted "
                     f"({interrupted.operator}, {interrupted.started_at:%Y-%m-%d %H:%M} UTC)",
@@ -248,10 +254,11 @@ class Engine:
                     message = "completed with failures: " + "; ".join(failures)
         except RollbackFailed as err:
             status, exit_code, message = "rollback-failed", 3, str(err)
-        except StepFailed as err:  # between steps: the window's lease lapsed
+        except (StepFailed, LockHeld) as err:  # between steps: lease lapsed, lock lost
             status, exit_code, message = "failed", 1, str(err)
         except KeyboardInterrupt as err:
-            status, exit_code, message = "interrupted", 1, f"interrupted ({interruption(err)})"
+            status, exit_code = "interrupted", 1
+            message = f"interrupted ({lock.stopped_by or interruption(err)})"
         finally:
             self._lift_maintenance_unless(status == "succeeded", f"run {status}")
             journal.set_run_status(run_id, status, message or None)
@@ -324,6 +331,7 @@ class Engine:
             self.lock = lock
             interrupted = journal.interrupted_run(self.plan.environment)
             if interrupted:
+                self._refuse_if_alive(interrupted)
                 journal.set_run_status(interrupted.id, "abandoned",
                                        f"rolled back by run {run_id[:8]}")
             states = journal.states(self.plan.environment)
@@ -382,6 +390,16 @@ class Engine:
                                    summarize(detail), detail))
 
     # ---- shared pieces ------------------------------------------------------------------------
+
+    def _refuse_if_alive(self, run: RunInfo) -> None:
+        """We hold the lock, yet `run` may still be alive: told to stop (`unlock --force
+        --stop-live-run`) and finishing its step. Never run two processes on one run."""
+        age = self._journal().beat_age(run.id)
+        if age is not None and age < ALIVE_SECONDS:
+            raise LockHeld(f"run {run.id[:8]} ({run.operator}@{run.host}) is still alive: its "
+                           f"process beat {age:.0f}s ago, without the lock "
+                           f"({run.message or 'it lost its database session'})",
+                           hint="wait until `rollout status` no longer shows it alive")
 
     def _partial(self, planned: PlannedStep) -> bool:
         state = self._journal().states(self.plan.environment).get(planned.step.id)

@@ -146,7 +146,7 @@ def test_second_apply_is_refused_naming_the_holder(cli: Cli, tmp_path: Path) -> 
     first = cli.spawn("apply", str(plan))
     wait_for(lambda: step_status(cli, "slow-migrate") == "running")
     second = cli.run("apply", str(plan))
-    assert second.returncode == 1, (second.stdout, second.stderr)
+    assert second.returncode == 5, (second.stdout, second.stderr)  # refused: locked
     assert "locked by run" in second.stderr and "pytest@" in second.stderr, second.stderr
     out, err = first.communicate(timeout=60)
     assert first.returncode == 0, (out, err)
