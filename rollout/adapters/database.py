@@ -17,7 +17,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from rollout.errors import TargetError
+from rollout.errors import TargetError, TargetUnreachable
 
 
 @contextmanager
@@ -26,9 +26,18 @@ def connect(url: str, autocommit: bool = True, **kwargs: Any) -> Iterator[psycop
     try:
         conn = psycopg.connect(url, autocommit=autocommit, connect_timeout=10, **kwargs)
     except psycopg.OperationalError as err:
-        raise TargetError(f"cannot connect to the database: {first_line(err)}") from err
+        raise TargetUnreachable(f"cannot connect to the database: {first_line(err)}") from err
     with conn:
         yield conn
+
+
+def unreachable_reason(url: str) -> str | None:
+    """Why the database cannot be reached (its real error), or None when it can."""
+    try:
+        with connect(url):
+            return None
+    except TargetError as err:
+        return str(err)
 
 
 def first_line(err: BaseException) -> str:

@@ -35,7 +35,9 @@ JSON_OPT = typer.Option(False, "--json", help="Print one JSON document on stdout
 YES_OPT = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation.")
 
 STATE_STYLE = {"pending": "[yellow]pending[/yellow]", "applied": "[cyan]applied[/cyan]",
+               "unknown": "[red]unknown[/red]",
                "changed": "[magenta]changed[/magenta]", "disabled": "[dim]disabled[/dim]",
+               "apply will refuse": "[red]changed — apply will refuse[/red]",
                "always": "[blue]runs each time[/blue]"}
 
 
@@ -151,7 +153,10 @@ def plan_command(
     if json_output:
         print(json.dumps({"plan": loaded.name, "environment": loaded.environment,
                           "checksum": loaded.checksum, "warnings": engine.warnings,
+                          "apply_would_refuse": engine.refused,
+                          "unreachable": str(engine.unreachable or "") or None,
                           "steps": [view.__dict__ for view in views]}, indent=2))
+        _plan_verdict(engine)
         return
     table = Table("#", "step", "kind", "state", "on failure", "what it does",
                   title=f"{loaded.name} → {loaded.environment} ({loaded.model.target.kind})")
@@ -162,6 +167,15 @@ def plan_command(
     _print_drifts({view.id: view.drift for view in views if view.drift})
     if engine.warnings:
         _print_dead_run(engine.warnings)
+    _plan_verdict(engine)
+
+
+def _plan_verdict(engine: Engine) -> None:
+    """`plan` ends as apply would start: the target unreadable (6), or a refusal (2)."""
+    if engine.unreachable is not None:
+        raise engine.unreachable
+    if engine.refused:
+        raise typer.Exit(2)  # what apply would answer: refused, nothing changed
 
 
 @app.command()
@@ -233,8 +247,14 @@ def _target_journal(plan: str) -> tuple[Plan, Journal, Target]:
     loaded = _resolve(plan)
     target = build_target(loaded)
     if not target.reachable():
-        raise UsageError(f"the {loaded.model.target.kind} target of {plan} is not running",
-                         hint="`rollout local up` starts the local stack")
+        if loaded.model.target.kind == "local":
+            raise UsageError(f"the local target of {plan} is not running",
+                             hint="`rollout local up` starts the local stack")
+        from rollout.adapters.database import unreachable_reason
+        from rollout.errors import TargetUnreachable
+
+        raise TargetUnreachable(f"cannot read the {loaded.model.target.kind} target of {plan}: "
+                                f"{unreachable_reason(target.db_url) or 'it did not answer'}")
     journal = Journal(target.db_url)
     if not journal.exists():
         raise UsageError(f"{loaded.environment}: nothing has been run there yet")

@@ -24,7 +24,7 @@ from psycopg.types.json import Jsonb
 
 from rollout.adapters import database as db
 from rollout.engine.events import Masker
-from rollout.errors import LockHeld, StepFailed, TargetError
+from rollout.errors import LockHeld, StepFailed, TargetError, TargetUnreachable
 
 SCHEMA_SQL = """
 create schema if not exists rollout;
@@ -161,7 +161,7 @@ def connect_with_retry(url: str, seconds: float) -> psycopg.Connection[Any]:
             return psycopg.connect(url, autocommit=True, connect_timeout=10)
         except psycopg.OperationalError as err:
             if time.monotonic() >= deadline:
-                raise TargetError(f"cannot reach the journal database: "
+                raise TargetUnreachable(f"cannot reach the journal database: "
                                   f"{str(err).strip().splitlines()[0]}") from err
             time.sleep(0.5)
 

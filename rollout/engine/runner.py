@@ -43,7 +43,14 @@ from rollout.engine.journal import (
     StepState,
 )
 from rollout.engine.plan import Plan, PlannedStep
-from rollout.errors import LockHeld, RollbackFailed, RolloutError, StepFailed, UsageError
+from rollout.errors import (
+    LockHeld,
+    RollbackFailed,
+    RolloutError,
+    StepFailed,
+    TargetUnreachable,
+    UsageError,
+)
 from rollout.paths import project_root, state_dir
 from rollout.steps import StepContext
 
@@ -126,15 +133,28 @@ class Engine:
     def view(self) -> list[StepView]:
         """What `apply` would do now, without changing anything (not even the journal).
 
-        What the operator must know besides the steps (a dead run and what it left) goes to
-        `self.warnings`.
+        Each enabled step's preflight runs against the target, so a step apply would refuse
+        (a migration changed since it was applied…) shows as such. What the operator must know
+        besides the steps (a dead run and what it left, a refusal's reason) goes to
+        `self.warnings`; `self.refused` is True when apply would refuse to start. A remote
+        target that cannot be read leaves every state "unknown" and its error (with the real
+        cause) in `self.unreachable`.
         """
         from rollout.engine.liveness import dead_run
 
         self.warnings: list[str] = []
+        self.refused = False
         states: dict[str, StepState] = {}
         drifts: dict[str, str] = {}
-        if self.target.reachable():
+        refusals: dict[str, str] = {}
+        self.unreachable: TargetUnreachable | None = None
+        reachable = self.target.reachable()
+        if not reachable and self.target.kind != "local":  # a local stack is started by apply
+            why = db.unreachable_reason(self.target.db_url) or "it did not answer"
+            self.unreachable = TargetUnreachable(
+                f"cannot read the {self.target.kind} target of {self.plan.environment!r}, so "
+                f"the plan cannot say what apply would do: {why}")
+        if reachable:
             journal = Journal(self.target.db_url, self.masker)
             try:
                 if journal.exists():
@@ -144,19 +164,36 @@ class Engine:
                     self.warnings += dead.lines() if dead else []
             finally:
                 journal.close()
+            refusals = self._refusals()
         views = []
         for planned in self.plan.steps:
             step = planned.step
-            state = "pending"
+            state = "pending" if self.unreachable is None else "unknown"
             if not planned.enabled:
                 state = "disabled"
+            elif step.id in refusals:
+                state = "apply will refuse"
+                self.warnings.append(f"{step.id}: apply will refuse: {refusals[step.id]}")
             elif not step.persistent:
                 state = "always"
             elif (found := states.get(step.id)) and found.status == "applied":
                 state = "applied" if found.fingerprint == fingerprint(planned) else "changed"
             views.append(StepView(step.id, step.kind, step.describe(), state, planned.on_failure,
                                   drifts.get(step.id)))
+        self.refused = bool(refusals)
         return views
+
+    def _refusals(self) -> dict[str, str]:
+        """Each enabled step's preflight (read-only), as apply runs them: the refusals."""
+        ctx = self._context("preflight", operator_name(), None, "")
+        refusals = {}
+        for planned in self.plan.steps:
+            if planned.enabled:
+                try:
+                    planned.step.preflight(ctx)
+                except UsageError as err:
+                    refusals[planned.step.id] = str(err)
+        return refusals
 
     # ---- apply -------------------------------------------------------------------------------
 

@@ -35,6 +35,8 @@ class Source:
     positions: dict[tuple[str | int, ...], tuple[int, int]] = field(default_factory=dict)
     secrets: set[str] = field(default_factory=set)
     variables: set[str] = field(default_factory=set)
+    missing: dict[str, tuple[str | int, ...]] = field(default_factory=dict)
+    """Variables used but not set, with where each is first used: all reported at once."""
 
     def where(self, loc: tuple[str | int, ...]) -> str:
         """`file:line:col` of the deepest known prefix of `loc`."""
@@ -65,7 +67,17 @@ def load(path: Path, environ: Mapping[str, str] | None = None) -> Source:
     if size > MAX_PLAN_BYTES:
         raise PlanError(f"{path}: the plan is {size:,} bytes; plans are limited to "
                         f"{MAX_PLAN_BYTES:,} bytes")
-    text = path.read_text(encoding="utf-8", errors="strict")
+    if path.is_dir():
+        raise PlanError(f"{path}: is a directory, not a plan file")
+    try:
+        text = path.read_text(encoding="utf-8", errors="strict")
+    except OSError as err:
+        raise PlanError(f"{path}: cannot read the plan ({err.strerror})") from err
+    except UnicodeDecodeError as err:
+        raise PlanError(f"{path}: not a text plan (byte {err.start} is not UTF-8): is it the "
+                        "right file?") from err
+    if "\x00" in text:
+        raise PlanError(f"{path}: not a text plan (it contains NUL bytes): is it the right file?")
     try:
         node = yaml.compose(text, Loader=_SecretLoader)
     except yaml.MarkedYAMLError as err:
@@ -82,6 +94,8 @@ def load(path: Path, environ: Mapping[str, str] | None = None) -> Source:
         raise PlanError(f"{path}: the plan is empty")
     source = Source(path=path, data=None)
     source.data = _convert(node, (), source, env, secret=False)
+    if source.missing:
+        raise missing_variables(source)
     if not isinstance(source.data, dict):
         raise PlanError(f"{source.where(())}: a plan is a mapping with `name`, `target` "
                         "and `steps`")
@@ -114,6 +128,21 @@ def _convert(node: yaml.Node, loc: tuple[str | int, ...], source: Source,
     return value
 
 
+def missing_variables(source: Source) -> PlanError:
+    """One error naming every missing variable and where it is used. The hint offers a
+    `${NAME:-default}` only for step parameters that are not secrets: a target's endpoints and
+    credentials, and secrets, must come from the environment, never from a default in a plan."""
+    names = sorted(source.missing)
+    listed = ", ".join(f"{name} ({source.where(source.missing[name])})" for name in names)
+    hint = "export " + " ".join(f"{name}=…" for name in names)
+    defaultable = [n for n in names if source.missing[n][:1] == ("steps",)
+                   and not SECRET_NAME.search(n)]
+    if defaultable and len(defaultable) == len(names):
+        hint += f", or give a step parameter a default: ${{{defaultable[0]}:-value}}"
+    return PlanError(f"{source.path}: {len(names)} environment variable(s) not set: {listed}",
+                     hint=hint)
+
+
 def _interpolate(value: str, loc: tuple[str | int, ...], source: Source,
                  env: Mapping[str, str], secret: bool) -> str:
     def replace(match: re.Match[str]) -> str:
@@ -124,10 +153,8 @@ def _interpolate(value: str, loc: tuple[str | int, ...], source: Source,
         elif default is not None:
             found = default
         else:
-            raise PlanError(
-                f"{source.where(loc)}: environment variable {name} is not set",
-                hint=f"export {name}=… or give a default: ${{{name}:-value}}",
-            )
+            source.missing.setdefault(name, loc)
+            return ""
         if found and (secret or SECRET_NAME.search(name)):
             source.secrets.add(found)
         return found

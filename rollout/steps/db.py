@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import shutil
 import subprocess
 import time
@@ -145,11 +146,25 @@ class DbMaintenance(Step):
 # ---- db.migrate --------------------------------------------------------------------------------
 
 
+PG_DURATION = re.compile(r"^\s*\d+(\.\d+)?\s*(us|ms|s|min|h|d)?\s*$")
+
+
+def pg_duration(value: str) -> str:
+    """A PostgreSQL time setting as `set lock_timeout` takes it (5s, 250ms, 2min, 1h): checked
+    with the plan, not when the migration is about to run inside the window."""
+    if not PG_DURATION.match(value):
+        raise ValueError(f"{value!r} is not a PostgreSQL duration (e.g. 5s, 250ms, 2min, 1h)")
+    return value
+
+
+PgDuration = Annotated[str, AfterValidator(pg_duration)]
+
+
 class MigrateParams(Params):
     file: ProjectFile
     rollback_file: ProjectFile | None = Field(None, description="Undoes `file`; run by rollback.")
-    lock_timeout: str = "5s"
-    statement_timeout: str = "120s"
+    lock_timeout: PgDuration = "5s"
+    statement_timeout: PgDuration = "120s"
     lint: Literal["error", "warn", "off"] = Field(
         "error",
         description="squawk findings fail the step (error), are reported (warn), or not run.")

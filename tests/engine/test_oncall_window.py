@@ -70,6 +70,11 @@ def test_sigkill_in_the_window_gives_writes_back_and_status_says_dead(
     assert "is dead" in shown.stderr and "--resume" in shown.stderr, shown.stderr
     health = cli.run("check", "health", "--plan", str(plan))
     assert health.returncode == 1 and "is dead" in health.stdout, health.stdout + health.stderr
+    # A plain apply is refused (use --resume) and writes nothing: the dead run's record stays.
+    before = cli.sql("select id, status, message, finished_at from rollout.runs")
+    refused = cli.run("apply", str(plan))
+    assert refused.returncode == 2 and "--resume" in refused.stderr, refused.stderr
+    assert cli.sql("select id, status, message, finished_at from rollout.runs") == before
     # Following the advice: the resume settles the dead window and records how it ended.
     resumed = cli.run("apply", str(plan), "--resume", "--from", "maintenance-off")
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
