@@ -40,14 +40,14 @@ NAME_ARG = typer.Argument(..., help="The flag's name, e.g. messaging_v2_enabled.
                           show_default=False)
 
 
-def plan_for(plan: str | None, env: str | None) -> Plan:
+def plan_for(plan: str | None, env: str | None, database_only: bool = True) -> Plan:
     """`--plan FILE`, or `--env NAME` (the plan in plans/ with that environment), or the default
-    plans/local.yaml."""
+    plans/local.yaml. Flags need only the database's variables (`database_only`)."""
     if plan and env:
         raise UsageError("give either --plan or --env, not both")
     if env:
-        return _resolve(env)
-    return _load(plan or str(project_root() / "plans" / "local.yaml"))
+        return _resolve(env, database_only)
+    return _load(plan or str(project_root() / "plans" / "local.yaml"), database_only)
 
 
 def db_url_for(plan: Plan, flags_table: bool = True) -> str:

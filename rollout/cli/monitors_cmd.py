@@ -41,7 +41,7 @@ WATCH_OPT = typer.Option(None, "--watch", metavar="SECONDS",
 def _target(plan: str | None, env: str | None) -> Target:
     from rollout.engine.targets import build_target
 
-    loaded = plan_for(plan, env)
+    loaded = plan_for(plan, env, database_only=False)
     target = build_target(loaded)
     if not target.reachable():
         raise UsageError(f"the {loaded.model.target.kind} target of {loaded.path.name} "
@@ -133,7 +133,7 @@ def health(
     from rollout.adapters import monitors
     from rollout.engine.liveness import dead_run_at
 
-    loaded = plan_for(plan, env)
+    loaded = plan_for(plan, env, database_only=False)
     target = _target(plan, env)
 
     def measure() -> CheckResult:

@@ -41,20 +41,20 @@ STATE_STYLE = {"pending": "[yellow]pending[/yellow]", "applied": "[cyan]applied[
                "always": "[blue]runs each time[/blue]"}
 
 
-def _load(path: str) -> Plan:
+def _load(path: str, database_only: bool = False) -> Plan:
     from rollout.engine.plan import load_plan
 
-    return load_plan(Path(path))
+    return load_plan(Path(path), database_only=database_only)
 
 
-def _resolve(plan_or_env: str) -> Plan:
+def _resolve(plan_or_env: str, database_only: bool = False) -> Plan:
     """A plan file, or an environment name found in plans/*.yaml (`rollout unlock production`)."""
     if Path(plan_or_env).exists() or plan_or_env.endswith((".yaml", ".yml")):
-        return _load(plan_or_env)
+        return _load(plan_or_env, database_only)
     matches = []
     for candidate in sorted((project_root() / "plans").glob("*.yaml")):
         try:
-            plan = _load(str(candidate))
+            plan = _load(str(candidate), database_only)
         except UsageError:
             continue
         if plan.environment == plan_or_env:
@@ -244,7 +244,7 @@ def _target_journal(plan: str) -> tuple[Plan, Journal, Target]:
     from rollout.engine.journal import Journal
     from rollout.engine.targets import build_target
 
-    loaded = _resolve(plan)
+    loaded = _resolve(plan, database_only=True)  # the journal is all these commands read
     target = build_target(loaded)
     if not target.reachable():
         if loaded.model.target.kind == "local":

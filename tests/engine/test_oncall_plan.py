@@ -81,3 +81,27 @@ def test_a_bad_timeout_fails_at_plan_load(cli: Cli, tmp_path: Path) -> None:
         assert result.returncode == 2, result.stdout + result.stderr
         assert f"{plan}:" in result.stderr and "not a PostgreSQL duration" in result.stderr
     assert not cli.stack.postgres.pid()  # nothing started, nothing changed
+
+
+def test_database_only_commands_need_only_the_database_variable(
+        cli: Cli, tmp_path: Path) -> None:
+    """`flag kill` and `status` on a Supabase plan: DATABASE_URL is all they need."""
+    setup = write_plan(tmp_path, LOCAL_HEADER + """
+  - id: legacy-app
+    kind: db.seed
+    with: {file: migrations/legacy_baseline.sql}
+  - id: migrate
+    kind: db.migrate
+    with: {file: migrations/production_messaging_system.sql}
+""")
+    assert cli.run("apply", str(setup)).returncode == 0
+    cli.env = {k: v for k, v in cli.env.items() if not k.startswith("SUPABASE_")}
+    only_db = {"DATABASE_URL": cli.stack.db_url}
+    killed = cli.run("flag", "kill", "messaging_v2_enabled", "--env", "staging", **only_db)
+    assert killed.returncode == 0, killed.stdout + killed.stderr
+    status = cli.run("status", "staging", **only_db)
+    assert status.returncode == 0, status.stdout + status.stderr
+    # A command that deploys needs them all, and names them all at once.
+    applied = cli.run("plan", "plans/staging.yaml", **only_db)
+    assert applied.returncode == 2
+    assert "6 environment variable(s) not set" in applied.stderr, applied.stderr
