@@ -41,6 +41,13 @@ class StepFailed(RolloutError):
     exit_code = 1
 
 
+class Parked(RolloutError):
+    """A gate is not satisfied yet and stops polling for now: the run waits (lock released)
+    until `apply --resume` checks the gate again."""
+
+    exit_code = 7
+
+
 class RollbackFailed(RolloutError):
     """Undoing failed: the target needs a person."""
 

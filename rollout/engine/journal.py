@@ -439,9 +439,11 @@ class Journal:
         return self._fingerprint_column
 
     def interrupted_run(self, environment: str) -> RunInfo | None:
-        """The newest apply that never finished (its process died holding nothing)."""
+        """The newest apply that never finished (its process died holding nothing, or it
+        parked at a gate: `waiting`)."""
         for run in self.runs(environment, limit=5):
-            if run.command == "apply" and run.status in ("running", "interrupted", "stopping"):
+            if run.command == "apply" and run.status in ("running", "interrupted", "stopping",
+                                                         "waiting"):
                 return run
             if run.command == "apply":
                 return None

@@ -45,6 +45,7 @@ from rollout.engine.journal import (
 from rollout.engine.plan import Plan, PlannedStep
 from rollout.errors import (
     LockHeld,
+    Parked,
     RollbackFailed,
     RolloutError,
     StepFailed,
@@ -222,8 +223,9 @@ class Engine:
             if interrupted and not options.resume:
                 # A refusal writes nothing: the journal keeps the run as it was left.
                 raise UsageError(
-                    f"run {interrupted.id[:8]} on {self.plan.environment!r} was interrupted "
-                    f"({interrupted.operator}, {interrupted.started_at:%Y-%m-%d %H:%M} UTC)",
+                    f"run {interrupted.id[:8]} on {self.plan.environment!r} did not finish "
+                    f"({interrupted.status}; {interrupted.operator}, "
+                    f"{interrupted.started_at:%Y-%m-%d %H:%M} UTC)",
                     hint="continue it with `--resume`, or undo it with `rollout rollback`")
             self._preflight(selected)
             if options.resume:
@@ -293,6 +295,9 @@ class Engine:
             status, exit_code, message = "rollback-failed", 3, str(err)
         except (StepFailed, LockHeld) as err:  # between steps: lease lapsed, lock lost
             status, exit_code, message = "failed", 1, str(err)
+        except Parked as err:
+            status, exit_code = "waiting", Parked.exit_code
+            message = (f"{err} — continue with `rollout apply {self.plan.path} --resume`")
         except KeyboardInterrupt as err:
             status, exit_code = "interrupted", 1
             message = f"interrupted ({lock.stopped_by or interruption(err)})"
@@ -319,6 +324,13 @@ class Engine:
         except KeyboardInterrupt:
             journal.step_event(run_id, step.id, step.kind, "apply", "interrupted",
                                time.monotonic() - began)
+            raise
+        except Parked as err:
+            seconds = time.monotonic() - began
+            journal.step_event(run_id, step.id, step.kind, "apply", "waiting", seconds,
+                               error=str(err))
+            self.emit(StepFinished(step.id, step.kind, "apply", "waiting", seconds,
+                                   error=str(err)))
             raise
         except Exception as err:  # noqa: BLE001 — any failure of a step is that step's failure
             seconds = time.monotonic() - began
@@ -468,10 +480,20 @@ class Engine:
                 run_id, gate, message, timeout, approver),
             extra={"slack_webhook_url": self.plan.model.notifications.slack_webhook_url,
                    "maintenance_since": self._maintenance_since(run_id),
+                   "first_attempt": self._first_attempt(run_id, step_id),
                    "session_pid": self.lock.pid if self.lock else None},
         )
         artifacts.mkdir(parents=True, exist_ok=True)
         return ctx
+
+    def _first_attempt(self, run_id: str, step_id: str) -> str | None:
+        """When this run first started the step (a parked gate's timeout counts from there)."""
+        if self.journal is None or run_id == "preflight":
+            return None
+        for event in self.journal.events(run_id):
+            if event["step_id"] == step_id and event["action"] == "apply":
+                return str(event["at"].isoformat())
+        return None
 
     def _maintenance_since(self, run_id: str) -> str | None:
         """When this run opened the maintenance window (from the journal: survives a crash)."""

@@ -6,12 +6,13 @@ import operator
 import re
 import time
 from collections.abc import Callable
+from datetime import datetime
 from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from rollout.adapters import probes
-from rollout.errors import StepFailed
+from rollout.errors import Parked, StepFailed
 from rollout.steps.base import Detail, Params, Step, StepContext
 
 DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
@@ -114,8 +115,12 @@ class AnalysisParams(Params):
     timeout: str | float = "1h"
     inconclusive: Literal["ask", "fail"] = Field(
         "ask", description="At timeout with neither verdict: ask a person, or fail.")
+    poll: str | float | None = Field(None, description=(
+        "How long one process polls: not satisfied by then, the run parks as `waiting` (exit 7, "
+        "lock released) and `rollout apply PLAN --resume` checks again; `timeout` counts from "
+        "the gate's first check. None: poll until `timeout`."))
 
-    _durations = field_validator("interval", "timeout")(check_duration)
+    _durations = field_validator("interval", "timeout", "poll")(check_duration)
     _conditions = field_validator("success", "failure")(check_condition)
 
     @model_validator(mode="after")
@@ -145,7 +150,11 @@ class GateAnalysis(Step):
 
     def apply(self, ctx: StepContext) -> Detail:
         p = self.params
-        deadline = time.monotonic() + seconds(p.timeout)
+        # The timeout counts from the gate's first check, in an earlier process if it parked.
+        first = ctx.extra.get("first_attempt")
+        elapsed = time.time() - datetime.fromisoformat(first).timestamp() if first else 0.0
+        deadline = time.monotonic() + seconds(p.timeout) - elapsed
+        park_at = time.monotonic() + seconds(p.poll) if p.poll is not None else deadline
         successes = failures = 0
         measurements: list[float | str] = []
         while True:
@@ -167,6 +176,10 @@ class GateAnalysis(Step):
                 return {"verdict": "successful", "measurements": measurements[-20:]}
             if time.monotonic() + seconds(p.interval) > deadline:
                 break
+            if time.monotonic() + seconds(p.interval) > park_at:
+                raise Parked(f"gate {self.id} is not satisfied yet ({p.success}, last "
+                             f"{value}); it is checked again at the next `apply --resume` "
+                             f"(timeout {p.timeout} from its first check)")
             time.sleep(seconds(p.interval))
         if p.inconclusive == "ask" and ctx.wait_for_approval is not None:
             approver = ctx.wait_for_approval(
