@@ -248,6 +248,10 @@ class Engine:
                              self.target.kind, [p.spec.id for p in selected], resumed))
         done_in_run = journal.completed_in_run(run_id) if resumed else set()
         states = journal.states(self.plan.environment)
+        # Nothing pending (every persistent step applied, as is): change nothing — no backup,
+        # no window, no announcement, no checks. `--from`/`--to` run what they name.
+        idle = not resumed and options.from_step is None and options.to_step is None and \
+            self._nothing_pending(selected, states)
         applied_here: list[tuple[PlannedStep, dict[str, Any]]] = []
         # Pessimistic until the loop ends normally: an unexpected exception escaping below is
         # journaled as a failure, never as success.
@@ -261,6 +265,9 @@ class Engine:
                     self._finish(run_id, planned, "apply", "skipped", 0, "disabled by `when`")
                     continue
                 state = states.get(step.id)
+                if idle and not step.persistent:
+                    self._finish(run_id, planned, "apply", "skipped", 0, "nothing pending")
+                    continue
                 if (step.id in done_in_run and not step.repeat_on_resume) or (
                         step.persistent and state and state.status == "applied"
                         and state.fingerprint == fingerprint(planned)):
@@ -287,7 +294,8 @@ class Engine:
                     message = f"step {step.id} failed: {error}"
                 break
             else:
-                status, exit_code, message = "succeeded", 0, ""
+                status, exit_code = "succeeded", 0
+                message = "nothing to do: every step is applied" if idle else ""
                 if failures:
                     status, exit_code = "failed", 1
                     message = "completed with failures: " + "; ".join(failures)
@@ -439,6 +447,13 @@ class Engine:
                                    summarize(detail), detail))
 
     # ---- shared pieces ------------------------------------------------------------------------
+
+    def _nothing_pending(self, selected: list[PlannedStep],
+                         states: dict[str, StepState]) -> bool:
+        persistent = [p for p in selected if p.enabled and p.step.persistent]
+        return bool(persistent) and all(
+            (s := states.get(p.step.id)) and s.status == "applied"
+            and s.fingerprint == fingerprint(p) for p in persistent)
 
     def _refuse_if_alive(self, run: RunInfo) -> None:
         """We hold the lock, yet `run` may still be alive: told to stop (`unlock --force
