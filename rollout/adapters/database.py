@@ -138,7 +138,8 @@ SESSION_ALIVE = ("exists (select from pg_catalog.pg_stat_get_activity(l.pid) a "
 MAINTENANCE_DDL = """
 create schema if not exists rollout;
 create table if not exists rollout.maintenance_lease (
-  run_id uuid primary key,
+  id bigserial primary key,
+  run_id uuid not null,
   pid int not null,
   backend_start timestamptz not null,
   lease_seconds int not null,
@@ -215,14 +216,16 @@ def maintenance_on(url: str, schemas: list[str], lease: Lease) -> dict[str, Any]
                                (lease.pid,)).fetchone()
         if not started:
             raise TargetError(f"the run's session (pid {lease.pid}) is not connected")
-        conn.execute(
-            "insert into rollout.maintenance_lease (run_id, pid, backend_start, lease_seconds, "
-            "expires_at) values (%s, %s, %s, %s, now() + make_interval(secs => %s)) "
-            "on conflict (run_id) do update set pid = excluded.pid, "
-            "backend_start = excluded.backend_start, lease_seconds = excluded.lease_seconds, "
-            "opened_at = now(), expires_at = excluded.expires_at, ended_at = null, "
-            "ended_how = null",
-            (lease.run_id, lease.pid, started[0], lease.seconds, lease.seconds))
+        # One row per window: a resumed run's new window keeps the record of how the last ended.
+        values = (lease.pid, started[0], lease.seconds, lease.seconds, lease.run_id)
+        if conn.execute(
+                "update rollout.maintenance_lease set pid = %s, backend_start = %s, "
+                "lease_seconds = %s, expires_at = now() + make_interval(secs => %s) "
+                "where run_id = %s and ended_at is null", values).rowcount == 0:
+            conn.execute(
+                "insert into rollout.maintenance_lease (pid, backend_start, lease_seconds, "
+                "expires_at, run_id) values (%s, %s, %s, now() + make_interval(secs => %s), %s)",
+                values)
         for schema, table in maintenance_tables(conn, schemas):
             conn.execute(sql.SQL("drop trigger if exists {} on {}.{}").format(
                 sql.Identifier(MAINTENANCE_TRIGGER), sql.Identifier(schema),
@@ -347,7 +350,7 @@ def maintenance_state(url: str) -> WindowState:
         enforced = conn.execute("select rollout.maintenance_enforced()").fetchone()
         cur = conn.execute(
             "select run_id::text, pid, lease_seconds, opened_at, expires_at, ended_at, ended_how "
-            "from rollout.maintenance_lease order by opened_at desc limit 1")
+            "from rollout.maintenance_lease order by id desc limit 1")
         lease = cur.fetchone()
         columns = [c.name for c in cur.description or []]
     return WindowState(tables, bool(enforced and enforced[0]) and tables > 0,

@@ -310,8 +310,7 @@ class Engine:
             status, exit_code = "interrupted", 1
             message = f"interrupted ({lock.stopped_by or interruption(err)})"
         finally:
-            self._lift_maintenance_unless(status == "succeeded", f"run {status}")
-            journal.set_run_status(run_id, status, message or None)
+            self._close(run_id, status, message, status == "succeeded", f"run {status}")
         self.emit(RunFinished(run_id, "apply", status, exit_code, time.monotonic() - began,
                               message))
         return RunResult(run_id, status, exit_code, list(self.results), message)
@@ -407,8 +406,7 @@ class Engine:
             except KeyboardInterrupt:
                 status, exit_code, message = "interrupted", 3, "rollback interrupted"
             finally:
-                self._lift_maintenance_unless(False, f"rollback {status}")
-                journal.set_run_status(run_id, status, message or None)
+                self._close(run_id, status, message, False, f"rollback {status}")
         self.emit(RunFinished(run_id, "rollback", status, exit_code, time.monotonic() - began,
                               message))
         return RunResult(run_id, status, exit_code, list(self.results), message)
@@ -534,6 +532,19 @@ class Engine:
                 return who
             time.sleep(APPROVAL_POLL_SECONDS)
         raise StepFailed(f"no approval for step {step_id} within {timeout:.0f}s")
+
+    def _close(self, run_id: str, status: str, message: str, succeeded: bool,
+               how: str) -> None:
+        """Lift the window unless the run succeeded, and journal its end — to the end, even if
+        a signal arrives meanwhile (a second Ctrl-C, SIGHUP after SIGTERM): the record then
+        says what really happened; the signal asked for nothing more than a stop."""
+        while True:
+            try:
+                self._lift_maintenance_unless(succeeded, how)
+                self._journal().set_run_status(run_id, status, message or None)
+                return
+            except KeyboardInterrupt:
+                continue
 
     def _lift_maintenance_unless(self, succeeded: bool, how: str) -> None:
         """Never leave the API read-only: lift the window unless the run succeeded with it

@@ -38,7 +38,7 @@ def api_write_refused(cli: Cli) -> bool:
 
 def window_ending(cli: Cli) -> str:
     return str(cli.one("select ended_how from rollout.maintenance_lease "
-                       "order by opened_at desc limit 1"))
+                       "order by id desc limit 1"))
 
 
 def start_in_window(cli: Cli, plan: Path) -> object:

@@ -126,7 +126,7 @@ def test_window_ends_by_itself_when_the_lease_is_not_renewed(v2db: Db) -> None:
         assert writes_refused(v2db.url)
         db.maintenance_off(v2db.url)
     rows = v2db.admin.execute("select ended_how from rollout.maintenance_lease "
-                              "order by opened_at").fetchall()
+                              "order by id").fetchall()
     assert "lease expired" in rows[0][0]
 
 
