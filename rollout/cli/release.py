@@ -322,8 +322,12 @@ def status(plan: str = PLAN_OR_ENV, json_output: bool = JSON_OPT) -> None:
 def history(plan: str = PLAN_OR_ENV, limit: int = typer.Option(20, help="How many runs."),
             json_output: bool = JSON_OPT) -> None:
     """Past runs on the plan's environment: who, when, from which commit, with what result."""
+    from rollout.engine.liveness import dead_run
+
     loaded, journal = _journal_for(plan)
     runs = journal.runs(loaded.environment, limit)
+    if runs and dead_run(journal, loaded):
+        runs[0].status = "dead"  # journaled `running`, its process gone: never shown running
     if json_output:
         print(json.dumps([r.__dict__ for r in runs], default=str, indent=2))
         return

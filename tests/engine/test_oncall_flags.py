@@ -68,3 +68,16 @@ def test_rollback_restores_the_value_the_step_replaced(cli: Cli, tmp_path: Path)
     back = cli.run("rollback", plan, "--to", "flag-25")
     assert back.returncode == 0, back.stdout + back.stderr
     assert flag(cli) == 25
+
+
+def test_rollback_never_raises_a_flag(cli: Cli, tmp_path: Path) -> None:
+    """A step that lowered the flag (50 → 10): undoing it would raise it; it stays at 10 %."""
+    plan = str(write_plan(tmp_path, PLAN.replace(
+        "with: {percentage: 100}", "with: {percentage: 10, allow_decrease: true}").replace(
+        "with: {percentage: 25}", "with: {percentage: 50}")))
+    assert cli.run("apply", plan).returncode == 0
+    assert flag(cli) == 10
+    back = cli.run("rollback", plan, "--to", "flag-25")
+    assert back.returncode == 0, back.stdout + back.stderr
+    assert flag(cli) == 10
+    assert "would raise it" in back.stdout, back.stdout

@@ -66,6 +66,8 @@ def test_sigkill_in_the_window_gives_writes_back_and_status_says_dead(
     assert "not finished: pause, maintenance-off" in status.stderr
     assert f"rollout apply {plan} --resume" in status.stderr
     assert f"rollout rollback {plan}" in status.stderr
+    history = cli.run("history", str(plan))
+    assert " dead " in history.stdout and " running " not in history.stdout, history.stdout
     shown = cli.run("plan", str(plan))
     assert "is dead" in shown.stderr and "--resume" in shown.stderr, shown.stderr
     health = cli.run("check", "health", "--plan", str(plan))
