@@ -40,3 +40,20 @@ def test_a_gate_not_yet_satisfied_parks_the_run_and_resume_continues(
     assert done.returncode == 0, done.stdout + done.stderr
     assert cli.sql("select id::text, status from rollout.runs") == [(run_id, "succeeded")]
     assert not maintenance_on(cli)
+
+
+def test_an_approval_gate_parks_too_and_resume_sees_the_approval(
+        cli: Cli, tmp_path: Path) -> None:
+    plan = str(write_plan(tmp_path, window_around("""
+  - id: go-ahead
+    kind: gate.approval
+    with: {message: "Roll out?", timeout: 7d, poll: 1s}""")))
+    parked = cli.run("apply", plan)
+    assert parked.returncode == 7, parked.stdout + parked.stderr
+    run_id = cli.one("select id::text from rollout.runs")
+    assert cli.one("select count(*) from rollout.locks") == 0
+    approved = cli.run("approve", plan, run_id[:8], "go-ahead", ROLLOUT_OPERATOR="pm")
+    assert approved.returncode == 0, approved.stderr
+    done = cli.run("apply", plan, "--resume")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert cli.sql("select status from rollout.runs") == [("succeeded",)]
