@@ -171,9 +171,10 @@ class EnvironmentLock:
 
     If that connection dies (the database restarted), the lock died with it: `ensure()`
     re-takes it before the next step, or stops the run if someone else took it meanwhile.
-    That session is also the run's life for the maintenance window: a heartbeat thread renews
-    the window's lease on it every second (db.renew_lease); if the process stops renewing
-    (SIGSTOP, a hung machine) and the lease lapses, `ensure()` stops the run.
+    That session is also the run's life for the maintenance window (the lease is bound to it),
+    and a heartbeat thread, on a connection of its own, beats every second and renews the lease
+    (db.renew_lease); if the process stops renewing (SIGSTOP, a hung machine) and the lease
+    lapses, `ensure()` stops the run.
     """
 
     def __init__(self, journal: Journal, environment: str, run_id: str, operator: str,
@@ -234,7 +235,7 @@ class EnvironmentLock:
             (self.environment, self.run_id, self.operator, self.host))
         if self._heartbeat is None:
             self._heartbeat = threading.Thread(target=self._beat, daemon=True,
-                                               name="rollout-lease")
+                                               name="rollout-heartbeat")
             self._heartbeat.start()
         return True
 

@@ -120,6 +120,10 @@ class Engine:
         self.journal: Journal | None = None
         self.lock: EnvironmentLock | None = None
         self.results: list[StepFinished] = []
+        # What the last view() found besides the steps (see there).
+        self.warnings: list[str] = []
+        self.refused = False
+        self.unreachable: TargetUnreachable | None = None
 
     # ---- events ----------------------------------------------------------------------------
 
@@ -143,12 +147,11 @@ class Engine:
         """
         from rollout.engine.liveness import dead_run
 
-        self.warnings: list[str] = []
-        self.refused = False
+        self.warnings, self.refused = [], False
         states: dict[str, StepState] = {}
         drifts: dict[str, str] = {}
         refusals: dict[str, str] = {}
-        self.unreachable: TargetUnreachable | None = None
+        self.unreachable = None
         reachable = self.target.reachable()
         if not reachable and self.target.kind != "local":  # a local stack is started by apply
             why = db.unreachable_reason(self.target.db_url) or "it did not answer"
