@@ -50,6 +50,7 @@ class FlagsSet(Step):
     def drift(self, target: Target, detail: Detail) -> str | None:
         url = target.db_url
         try:
+            flags.require_flags_table(url)
             now = flags.get_flag(url, self.params.flag).percentage
         except RolloutError:
             return f"applied {detail.get('to')} %, the flag is gone"
