@@ -314,8 +314,27 @@ def status(plan: str = PLAN_OR_ENV, json_output: bool = JSON_OPT) -> None:
     if holder:
         out.print(f"[yellow]locked by run {str(holder['run_id'])[:8]} ({holder['operator']}@"
                   f"{holder['host']}) since {holder['since']:%H:%M:%S}[/yellow]")
+    _print_window(target.db_url)
     if dead:
         _print_dead_run(dead.lines())
+
+
+def _print_window(url: str) -> None:
+    """The newest maintenance window: open (and until when at the latest), or how it ended."""
+    from rollout.adapters.database import maintenance_state
+
+    window = maintenance_state(url)
+    lease = window.lease
+    if lease is None:
+        return
+    opened = f"{lease['opened_at']:%Y-%m-%d %H:%M:%S} UTC"
+    if window.enforced:
+        out.print(f"[yellow]maintenance window OPEN since {opened} (run {lease['run_id'][:8]}); "
+                  f"ends by itself by {lease['expires_at']:%H:%M:%S} UTC if the run dies"
+                  "[/yellow]")
+    elif lease["ended_at"] is not None:
+        out.print(f"last maintenance window: {opened} → {lease['ended_at']:%H:%M:%S} UTC, "
+                  f"{lease['ended_how']}")
 
 
 @app.command()

@@ -96,6 +96,9 @@ def test_sighup_stops_the_run_like_sigterm_and_lifts_the_window(cli: Cli, tmp_pa
     run = cli.sql("select status, message from rollout.runs")[0]
     assert run == ("interrupted", "interrupted (SIGHUP)")
     assert window_ending(cli) == "lifted when the run interrupted"
+    shown = cli.run("status", str(plan))
+    assert "last maintenance window:" in shown.stdout
+    assert "lifted when the run interrupted" in shown.stdout, shown.stdout
 
 
 def test_a_suspended_run_loses_its_lease_and_stops_when_it_wakes(
