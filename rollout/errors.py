@@ -2,7 +2,9 @@
 
 Exit codes (DESIGN.md): 0 done; 1 a step failed and the run was rolled back or stopped
 cleanly; 2 bad usage or invalid plan, nothing changed; 3 rollback failed, state needs a
-person; 4 internal error (anything not listed here).
+person; 4 internal error (anything not listed here); 5 refused: another run holds the
+environment (or is still alive), nothing changed; 6 the target cannot be reached, nothing
+changed; 7 the run is parked waiting on a gate (resume it with `apply --resume`).
 """
 
 from __future__ import annotations
@@ -39,6 +41,13 @@ class StepFailed(RolloutError):
     exit_code = 1
 
 
+class Parked(RolloutError):
+    """A gate is not satisfied yet and stops polling for now: the run waits (lock released)
+    until `apply --resume` checks the gate again."""
+
+    exit_code = 7
+
+
 class RollbackFailed(RolloutError):
     """Undoing failed: the target needs a person."""
 
@@ -46,9 +55,9 @@ class RollbackFailed(RolloutError):
 
 
 class LockHeld(RolloutError):
-    """Another run holds the environment's lock."""
+    """Another run holds the environment's lock, or is still alive: refused, nothing changed."""
 
-    exit_code = 1
+    exit_code = 5
 
 
 class StackError(RolloutError):
@@ -61,3 +70,9 @@ class TargetError(RolloutError):
     """A remote target (database, Management API, webhook) refused or failed."""
 
     exit_code = 1
+
+
+class TargetUnreachable(TargetError):
+    """The target cannot be reached at all (before anything ran): nothing changed."""
+
+    exit_code = 6

@@ -17,10 +17,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from rollout.errors import TargetError
-
-MAINTENANCE_PREFIX = "rollout_maintenance_"
-API_ROLES = ("anon", "authenticated")
+from rollout.errors import TargetError, TargetUnreachable
 
 
 @contextmanager
@@ -29,9 +26,18 @@ def connect(url: str, autocommit: bool = True, **kwargs: Any) -> Iterator[psycop
     try:
         conn = psycopg.connect(url, autocommit=autocommit, connect_timeout=10, **kwargs)
     except psycopg.OperationalError as err:
-        raise TargetError(f"cannot connect to the database: {first_line(err)}") from err
+        raise TargetUnreachable(f"cannot connect to the database: {first_line(err)}") from err
     with conn:
         yield conn
+
+
+def unreachable_reason(url: str) -> str | None:
+    """Why the database cannot be reached (its real error), or None when it can."""
+    try:
+        with connect(url):
+            return None
+    except TargetError as err:
+        return str(err)
 
 
 def first_line(err: BaseException) -> str:
@@ -114,169 +120,246 @@ def describe_pg_error(err: psycopg.Error) -> str:
 
 
 # ---- the maintenance window ------------------------------------------------------------------
+#
+# The window is a lease, enforced in the database: a statement trigger on every table of the
+# window's schemas refuses writes by the API roles (direct, or through a security-definer
+# function: the `role` setting stays the caller's inside it) only while the run that opened it
+# is alive — its session (pid + backend start) is still connected and it renewed the lease
+# within `lease_seconds`. A run killed by any signal, or a lost machine, so gives writes back
+# by itself: at once when its session ends, at the latest when the lease expires.
+
+MAINTENANCE_TRIGGER = "rollout_maintenance_guard"
+LEGACY_POLICY_PREFIX = "rollout_maintenance_"  # the window of earlier versions (lifted only)
+
+# The lease's session is still connected (pid + backend start: a reused pid is another session).
+SESSION_ALIVE = ("exists (select from pg_catalog.pg_stat_get_activity(l.pid) a "
+                 "where a.backend_start = l.backend_start)")
+
+MAINTENANCE_DDL = """
+create schema if not exists rollout;
+create table if not exists rollout.maintenance_lease (
+  id bigserial primary key,
+  run_id uuid not null,
+  pid int not null,
+  backend_start timestamptz not null,
+  lease_seconds int not null,
+  opened_at timestamptz not null default now(),
+  expires_at timestamptz not null,
+  ended_at timestamptz,
+  ended_how text
+);
+comment on table rollout.maintenance_lease is
+  'Maintenance windows: open while the run''s session lives and renews; how each one ended.';
+create or replace function rollout.maintenance_enforced() returns boolean
+language sql stable security definer set search_path = '' as $$
+  select exists (
+    select from rollout.maintenance_lease l
+    where l.ended_at is null and l.expires_at > now() and SESSION_ALIVE)
+$$;
+-- definer: the API roles have no access to schema rollout, yet their writes fire the guard.
+create or replace function rollout.maintenance_guard() returns trigger
+language plpgsql security definer set search_path = '' as $$
+begin
+  if (pg_catalog.current_setting('role') in ('anon', 'authenticated')
+      or session_user::text in ('anon', 'authenticated'))
+     and rollout.maintenance_enforced() then
+    raise exception 'writes are paused: a release is in progress (maintenance window)'
+      using errcode = '25006', hint = 'retry in a minute';
+  end if;
+  return null;
+end $$;
+revoke all on function rollout.maintenance_enforced() from public;
+revoke all on function rollout.maintenance_guard() from public;
+""".replace("SESSION_ALIVE", SESSION_ALIVE)
+
+SETTLE_SQL = f"""
+update rollout.maintenance_lease l set ended_at = now(), ended_how = case
+    when not {SESSION_ALIVE} then 'ended by itself: the run''s session was gone (the process died)'
+    else 'ended by itself: the lease expired (the run stopped renewing it)' end
+where l.ended_at is null and not (l.expires_at > now() and {SESSION_ALIVE})
+returning run_id::text, ended_how
+"""
 
 
-def maintenance_tables(conn: psycopg.Connection, schemas: list[str]) -> list[tuple[str, str, bool]]:
+@dataclass
+class Lease:
+    """Who holds the window: the run, its database session (the lock's), the bound."""
+
+    run_id: str
+    pid: int
+    seconds: int
+
+
+def maintenance_tables(conn: psycopg.Connection, schemas: list[str]) -> list[tuple[str, str]]:
     rows = conn.execute(
-        "select n.nspname, c.relname, c.relrowsecurity from pg_class c "
+        "select n.nspname, c.relname from pg_class c "
         "join pg_namespace n on n.oid = c.relnamespace "
         "where c.relkind in ('r', 'p') and n.nspname = any(%s) order by 1, 2",
         (schemas,),
     ).fetchall()
-    return [(r[0], r[1], bool(r[2])) for r in rows]
+    return [(r[0], r[1]) for r in rows]
 
 
-MAINTENANCE_FUNCTIONS_DDL = """
-create schema if not exists rollout;
-create table if not exists rollout.maintenance_functions (
-  signature text primary key,
-  revoked_from text[] not null,
-  granted_to text[] not null
-);
-"""
+def maintenance_on(url: str, schemas: list[str], lease: Lease) -> dict[str, Any]:
+    """Refuse writes by the API roles on every table of `schemas` while `lease` lives.
 
-# Volatile SECURITY DEFINER functions run as their owner, so RLS (and with it the window's
-# restrictive policies) does not see their writes: the window takes EXECUTE away from the API
-# roles for exactly those, and gives it back afterwards. Stable/immutable definer helpers
-# (the ones policies call) are left alone, so reads keep working during the window, and so are
-# functions a policy calls whatever their volatility (production's is_admin() is plpgsql, so
-# volatile by default: taking it away would make every read of profiles fail).
-WRITER_FUNCTIONS_SQL = """
-select p.oid::regprocedure::text as signature,
-       array(select case when a.grantee = 0 then 'public' else a.grantee::regrole::text end
-             from aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) a
-             where a.privilege_type = 'EXECUTE'
-               and (a.grantee = 0 or a.grantee::regrole::text = any(%(roles)s))) as grantees,
-       has_function_privilege('service_role', p.oid, 'EXECUTE') as service_can
-from pg_proc p join pg_namespace n on n.oid = p.pronamespace
-where n.nspname = any(%(schemas)s) and p.prosecdef and p.provolatile = 'v'
-  and p.prokind in ('f', 'p')
-  and not exists (select 1 from pg_depend d
-                   where d.classid = 'pg_policy'::regclass
-                     and d.refclassid = 'pg_proc'::regclass and d.refobjid = p.oid)
-"""
-
-
-def maintenance_on(url: str, schemas: list[str]) -> dict[str, Any]:
-    """Refuse writes by the API roles: a restrictive policy per write command on every table,
-    and no EXECUTE on volatile security-definer functions (they would bypass RLS).
-
-    Restrictive policies are ANDed with the table's own, so nothing else changes, and the
-    owner's session (the migration's) is not subject to RLS. Tables without RLS are listed as
-    unprotected rather than silently passed over. Idempotent.
+    One statement trigger per table, in one transaction with the lease row. The owner's
+    session (the migration's) and service_role are not refused. Idempotent; a window a dead
+    run left behind is settled (its ending recorded) first.
     """
     protected: list[str] = []
-    unprotected: list[str] = []
     with connect(url, autocommit=False) as conn:
         conn.execute("set local lock_timeout = '5s'")
-        for schema, table, rls in maintenance_tables(conn, schemas):
-            if not rls:
-                unprotected.append(f"{schema}.{table}")
-                continue
-            for command, clause in (("insert", "with check (false)"),
-                                    ("update", "using (false)"), ("delete", "using (false)")):
-                name = f"{MAINTENANCE_PREFIX}{command}"
-                conn.execute(sql.SQL("drop policy if exists {} on {}.{}").format(
-                    sql.Identifier(name), sql.Identifier(schema), sql.Identifier(table)))
-                conn.execute(sql.SQL(
-                    "create policy {} on {}.{} as restrictive for " + command + " to "
-                    + ", ".join(API_ROLES) + " " + clause).format(
-                    sql.Identifier(name), sql.Identifier(schema), sql.Identifier(table)))
+        conn.execute(MAINTENANCE_DDL)
+        settled = conn.execute(SETTLE_SQL).fetchall()
+        started = conn.execute("select backend_start from pg_stat_activity where pid = %s",
+                               (lease.pid,)).fetchone()
+        if not started:
+            raise TargetError(f"the run's session (pid {lease.pid}) is not connected")
+        # One row per window: a resumed run's new window keeps the record of how the last ended.
+        values = (lease.pid, started[0], lease.seconds, lease.seconds, lease.run_id)
+        if conn.execute(
+                "update rollout.maintenance_lease set pid = %s, backend_start = %s, "
+                "lease_seconds = %s, expires_at = now() + make_interval(secs => %s) "
+                "where run_id = %s and ended_at is null", values).rowcount == 0:
+            conn.execute(
+                "insert into rollout.maintenance_lease (pid, backend_start, lease_seconds, "
+                "expires_at, run_id) values (%s, %s, %s, now() + make_interval(secs => %s), %s)",
+                values)
+        for schema, table in maintenance_tables(conn, schemas):
+            conn.execute(sql.SQL("drop trigger if exists {} on {}.{}").format(
+                sql.Identifier(MAINTENANCE_TRIGGER), sql.Identifier(schema),
+                sql.Identifier(table)))
+            conn.execute(sql.SQL(
+                "create trigger {} before insert or update or delete on {}.{} "
+                "for each statement execute function rollout.maintenance_guard()").format(
+                sql.Identifier(MAINTENANCE_TRIGGER), sql.Identifier(schema),
+                sql.Identifier(table)))
             protected.append(f"{schema}.{table}")
-        functions = _close_writer_functions(conn, schemas)
         conn.commit()
-    return {"protected": protected, "unprotected": unprotected, "functions": functions}
+    return {"protected": protected, "lease_seconds": lease.seconds,
+            "settled": [f"{run[:8]}: {how}" for run, how in settled]}
 
 
-def _close_writer_functions(conn: psycopg.Connection[Any], schemas: list[str]) -> list[str]:
-    conn.execute(MAINTENANCE_FUNCTIONS_DDL)
-    closed: list[str] = []
-    rows = conn.execute(WRITER_FUNCTIONS_SQL, {"roles": list(API_ROLES), "schemas": schemas})
-    for signature, grantees, service_can in rows.fetchall():
-        if not grantees:
-            continue
-        # service_role may hold EXECUTE only through PUBLIC: keep it able to run the function.
-        granted = ["service_role"] if "public" in grantees and service_can and not \
-            _explicit_execute(conn, signature, "service_role") else []
-        for role in granted:
-            conn.execute(sql.SQL("grant execute on function {} to {}").format(
-                sql.SQL(signature), sql.Identifier(role)))
-        for role in grantees:
-            conn.execute(sql.SQL("revoke execute on function {} from {}").format(
-                sql.SQL(signature), _grantee(role)))
-        conn.execute(
-            "insert into rollout.maintenance_functions (signature, revoked_from, granted_to) "
-            "values (%s, %s, %s) on conflict (signature) do update set revoked_from = "
-            "(select array(select distinct unnest(maintenance_functions.revoked_from "
-            "|| excluded.revoked_from))), granted_to = (select array(select distinct "
-            "unnest(maintenance_functions.granted_to || excluded.granted_to)))",
-            (signature, list(grantees), granted))
-        closed.append(signature)
-    return closed
-
-
-def _grantee(role: str) -> sql.Composable:
-    return sql.SQL("public") if role == "public" else sql.Identifier(role)
-
-
-def _explicit_execute(conn: psycopg.Connection[Any], signature: str, role: str) -> bool:
+def renew_lease(conn: psycopg.Connection[Any], run_id: str) -> bool | None:
+    """Extend the run's open lease; None when it has none, False when it already lapsed."""
+    if not _lease_table(conn):
+        return None
     row = conn.execute(
-        "select exists (select from aclexplode(coalesce((select proacl from pg_proc "
-        "where oid = %s::regprocedure), '{}')) a "
-        "where a.grantee = %s::regrole and a.privilege_type = 'EXECUTE')",
-        (signature, role)).fetchone()
+        "select ended_at is null, expires_at > now() from rollout.maintenance_lease "
+        "where run_id = %s", (run_id,)).fetchone()
+    if not row or not row[0]:
+        return None
+    if not row[1]:
+        return False
+    conn.execute("update rollout.maintenance_lease set expires_at = now() + "
+                 "make_interval(secs => lease_seconds) where run_id = %s", (run_id,))
+    return True
+
+
+def move_lease(conn: psycopg.Connection[Any], run_id: str) -> None:
+    """The run's session changed (it reconnected): the lease follows it."""
+    if _lease_table(conn):
+        conn.execute("update rollout.maintenance_lease set pid = pg_backend_pid(), "
+                     "backend_start = (select backend_start from pg_stat_activity "
+                     "where pid = pg_backend_pid()) where run_id = %s and ended_at is null",
+                     (run_id,))
+
+
+def _lease_table(conn: psycopg.Connection[Any]) -> bool:
+    row = conn.execute("select to_regclass('rollout.maintenance_lease')").fetchone()
     return bool(row and row[0])
 
 
-def _reopen_writer_functions(conn: psycopg.Connection[Any]) -> list[str]:
-    exists = conn.execute("select to_regclass('rollout.maintenance_functions')").fetchone()
-    if not exists or exists[0] is None:
-        return []
-    reopened: list[str] = []
-    rows = conn.execute("select signature, revoked_from, granted_to, "
-                        "to_regprocedure(signature) is not null "
-                        "from rollout.maintenance_functions").fetchall()
-    for signature, revoked_from, granted_to, still_there in rows:
-        if still_there:  # a function the migration dropped has nothing to give back
-            for role in revoked_from:
-                conn.execute(sql.SQL("grant execute on function {} to {}").format(
-                    sql.SQL(signature), _grantee(role)))
-            for role in granted_to:
-                conn.execute(sql.SQL("revoke execute on function {} from {}").format(
-                    sql.SQL(signature), sql.Identifier(role)))
-            reopened.append(signature)
-        conn.execute("delete from rollout.maintenance_functions where signature = %s",
-                     (signature,))
-    return reopened
-
-
-def maintenance_off(url: str) -> list[str]:
-    """Drop every maintenance policy and give functions back their EXECUTE, wherever they
-    are (also after a crash). Idempotent."""
+def maintenance_off(url: str, how: str = "lifted") -> list[str]:
+    """Drop every guard trigger, record how the window ended; also clears the policies and
+    revoked EXECUTE grants of earlier versions' windows. Idempotent."""
     lifted: list[str] = []
     with connect(url, autocommit=False) as conn:
         rows = conn.execute(
-            "select schemaname, tablename, policyname from pg_policies where policyname like %s",
-            (MAINTENANCE_PREFIX + "%",),
-        ).fetchall()
-        for schema, table, policy in rows:
-            conn.execute(sql.SQL("drop policy if exists {} on {}.{}").format(
-                sql.Identifier(policy), sql.Identifier(schema), sql.Identifier(table)))
+            "select n.nspname, c.relname from pg_trigger t join pg_class c on c.oid = t.tgrelid "
+            "join pg_namespace n on n.oid = c.relnamespace where t.tgname = %s",
+            (MAINTENANCE_TRIGGER,)).fetchall()
+        for schema, table in rows:
+            conn.execute(sql.SQL("drop trigger if exists {} on {}.{}").format(
+                sql.Identifier(MAINTENANCE_TRIGGER), sql.Identifier(schema),
+                sql.Identifier(table)))
             lifted.append(f"{schema}.{table}")
-        lifted += _reopen_writer_functions(conn)
+        if _lease_table(conn):
+            conn.execute(SETTLE_SQL)
+            conn.execute("update rollout.maintenance_lease set ended_at = now(), ended_how = %s "
+                         "where ended_at is null", (how,))
+        lifted += _lift_legacy_window(conn)
         conn.commit()
     return sorted(set(lifted))
 
 
-def maintenance_active(url: str) -> bool:
+def _lift_legacy_window(conn: psycopg.Connection[Any]) -> list[str]:
+    """The window of versions before the lease: restrictive policies and revoked EXECUTE."""
+    lifted: list[str] = []
+    for schema, table, policy in conn.execute(
+            "select schemaname, tablename, policyname from pg_policies where policyname like %s",
+            (LEGACY_POLICY_PREFIX + "%",)).fetchall():
+        conn.execute(sql.SQL("drop policy if exists {} on {}.{}").format(
+            sql.Identifier(policy), sql.Identifier(schema), sql.Identifier(table)))
+        lifted.append(f"{schema}.{table}")
+    exists = conn.execute("select to_regclass('rollout.maintenance_functions')").fetchone()
+    if not exists or exists[0] is None:
+        return lifted
+    rows = conn.execute("select signature, revoked_from, granted_to, "
+                        "to_regprocedure(signature) is not null "
+                        "from rollout.maintenance_functions").fetchall()
+    for signature, revoked_from, granted_to, still_there in rows:
+        if still_there:
+            for role in revoked_from:
+                grantee = sql.SQL("public") if role == "public" else sql.Identifier(role)
+                conn.execute(sql.SQL("grant execute on function {} to {}").format(
+                    sql.SQL(signature), grantee))
+            for role in granted_to:
+                conn.execute(sql.SQL("revoke execute on function {} from {}").format(
+                    sql.SQL(signature), sql.Identifier(role)))
+            lifted.append(signature)
+        conn.execute("delete from rollout.maintenance_functions where signature = %s",
+                     (signature,))
+    return lifted
+
+
+@dataclass
+class WindowState:
+    """The window as the database sees it: guard triggers left, and the newest lease."""
+
+    tables: int
+    enforced: bool
+    lease: dict[str, Any] | None
+
+    @property
+    def present(self) -> bool:
+        return self.tables > 0
+
+
+def maintenance_state(url: str) -> WindowState:
     with connect(url) as conn:
-        row = conn.execute("select exists (select from pg_policies where policyname like %s), "
-                           "to_regclass('rollout.maintenance_functions') is not null",
-                           (MAINTENANCE_PREFIX + "%",)).fetchone()
-        if row and not row[0] and row[1]:
-            row = conn.execute("select exists (select from rollout.maintenance_functions)"
-                               ).fetchone()
-    return bool(row and row[0])
+        row = conn.execute("select count(*) from pg_trigger where tgname = %s",
+                           (MAINTENANCE_TRIGGER,)).fetchone()
+        tables = int(row[0]) if row else 0
+        legacy = conn.execute("select count(distinct (schemaname, tablename)) from pg_policies "
+                              "where policyname like %s", (LEGACY_POLICY_PREFIX + "%",)).fetchone()
+        tables += int(legacy[0]) if legacy else 0
+        if not _lease_table(conn):
+            return WindowState(tables, bool(legacy and legacy[0]), None)
+        enforced = conn.execute("select rollout.maintenance_enforced()").fetchone()
+        cur = conn.execute(
+            "select run_id::text, pid, lease_seconds, opened_at, expires_at, ended_at, ended_how "
+            "from rollout.maintenance_lease order by id desc limit 1")
+        lease = cur.fetchone()
+        columns = [c.name for c in cur.description or []]
+    return WindowState(tables, bool(enforced and enforced[0]) and tables > 0,
+                       dict(zip(columns, lease, strict=True)) if lease else None)
+
+
+def maintenance_active(url: str) -> bool:
+    """Guard triggers (or an earlier version's policies) are in place, enforced or not."""
+    return maintenance_state(url).present
 
 
 # ---- catalog checks ----------------------------------------------------------------------------

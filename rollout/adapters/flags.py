@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from psycopg import sql
+
 from rollout.adapters.database import connect
 from rollout.errors import TargetError, UsageError
 
@@ -90,12 +92,77 @@ def set_flag(url: str, name: str, percentage: int, *, actor: str, reason: str | 
     return FlagChange(name, before, percentage, users_in, total)
 
 
+@dataclass
+class Restore:
+    """What rolling back one flag change did: restored, or left as is and why."""
+
+    restored: bool
+    now: int
+    reason: str
+
+
+def restore_flag(url: str, name: str, *, set_to: int, previous: int, actor: str,
+                 reason: str) -> Restore:
+    """Undo a change to `set_to` by giving back `previous` — only if the flag still holds
+    `set_to` (anything else is a later decision, e.g. a kill, and stays) and only downwards
+    (a rollback never raises a flag above its current value)."""
+    with connect(url, autocommit=False) as conn:
+        row = conn.execute("select rollout_percentage from public.feature_flags "
+                           "where name = %s for update", (name,)).fetchone()
+        if row is None:
+            conn.rollback()
+            return Restore(False, 0, f"{name} no longer exists: nothing to restore")
+        current = int(row[0])
+        if current != set_to:
+            conn.rollback()
+            return Restore(False, current, f"left at {current}%: it was changed after this step "
+                           f"set {set_to}% ({last_change(url, name)})")
+        if previous > current:
+            conn.rollback()
+            return Restore(False, current, f"left at {current}%: restoring {previous}% would "
+                           "raise it, and a rollback never raises a flag")
+        conn.execute("select set_config('rollout.actor', %s, true), "
+                     "set_config('rollout.reason', %s, true)", (actor, reason))
+        if previous != current:
+            conn.execute("update public.feature_flags set rollout_percentage = %s, "
+                         "updated_at = now(), updated_by = %s where name = %s",
+                         (previous, actor, name))
+        conn.commit()
+    return Restore(True, previous, f"{current}% → {previous}%")
+
+
+def last_change(url: str, name: str) -> str:
+    """'killed by alice at 03:12' — the newest audit row, for drift and refusal messages."""
+    rows = history(url, name, 1)
+    if not rows:
+        return "no audit row"
+    row = rows[0]
+    verb = "killed" if row["to_percentage"] == 0 else f"set to {row['to_percentage']}%"
+    return f"{verb} by {row['changed_by']} at {row['changed_at']:%Y-%m-%d %H:%M} UTC"
+
+
+def audit_table(url: str) -> str | None:
+    """The flag audit's table: live in public, or archived by the messaging rollback."""
+    with connect(url) as conn:
+        for name in ("public.feature_flag_audit", "messaging_v2_archive.feature_flag_audit"):
+            row = conn.execute("select to_regclass(%s)", (name,)).fetchone()
+            if row and row[0] is not None:
+                return name
+    return None
+
+
 def history(url: str, name: str, limit: int = 50) -> list[dict[str, Any]]:
+    """The flag's audit, newest first; read from the archive after a rollback."""
+    table = audit_table(url)
+    if table is None:
+        return []
+    schema, relation = table.split(".")
     with connect(url) as conn:
         cur = conn.execute(
-            "select changed_at, changed_by, from_percentage, to_percentage, reason "
-            "from public.feature_flag_audit where flag_name = %s "
-            "order by changed_at desc, id desc limit %s", (name, limit))
+            sql.SQL("select changed_at, changed_by, from_percentage, to_percentage, reason "
+                    "from {}.{} where flag_name = %s order by changed_at desc, id desc "
+                    "limit %s").format(sql.Identifier(schema), sql.Identifier(relation)),
+            (name, limit))
         columns = [c.name for c in cur.description or []]
         return [dict(zip(columns, row, strict=True)) for row in cur.fetchall()]
 

@@ -40,17 +40,17 @@ NAME_ARG = typer.Argument(..., help="The flag's name, e.g. messaging_v2_enabled.
                           show_default=False)
 
 
-def plan_for(plan: str | None, env: str | None) -> Plan:
+def plan_for(plan: str | None, env: str | None, database_only: bool = True) -> Plan:
     """`--plan FILE`, or `--env NAME` (the plan in plans/ with that environment), or the default
-    plans/local.yaml."""
+    plans/local.yaml. Flags need only the database's variables (`database_only`)."""
     if plan and env:
         raise UsageError("give either --plan or --env, not both")
     if env:
-        return _resolve(env)
-    return _load(plan or str(project_root() / "plans" / "local.yaml"))
+        return _resolve(env, database_only)
+    return _load(plan or str(project_root() / "plans" / "local.yaml"), database_only)
 
 
-def db_url_for(plan: Plan) -> str:
+def db_url_for(plan: Plan, flags_table: bool = True) -> str:
     """The plan's target database, which must be running (flags never start a stack)."""
     from rollout.adapters import flags
     from rollout.engine.targets import build_target
@@ -62,7 +62,8 @@ def db_url_for(plan: Plan) -> str:
                          hint="`rollout local up` starts the local stack; for Supabase check "
                               "DATABASE_URL")
     url = target.db_url
-    flags.require_flags_table(url)
+    if flags_table:
+        flags.require_flags_table(url)
     return url
 
 
@@ -197,9 +198,11 @@ def history_command(
     from rollout.adapters import flags
 
     loaded = plan_for(plan, env)
-    url = db_url_for(loaded)
-    flags.get_flag(url, name)
+    url = db_url_for(loaded, flags_table=False)  # after a rollback the audit is archived
     rows = flags.history(url, name, limit)
+    if not rows:
+        flags.require_flags_table(url)
+        flags.get_flag(url, name)
     if json_output:
         _print_json(rows)
         return

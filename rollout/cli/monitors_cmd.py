@@ -41,7 +41,7 @@ WATCH_OPT = typer.Option(None, "--watch", metavar="SECONDS",
 def _target(plan: str | None, env: str | None) -> Target:
     from rollout.engine.targets import build_target
 
-    loaded = plan_for(plan, env)
+    loaded = plan_for(plan, env, database_only=False)
     target = build_target(loaded)
     if not target.reachable():
         raise UsageError(f"the {loaded.model.target.kind} target of {loaded.path.name} "
@@ -124,11 +124,26 @@ def health(
     watch: float = WATCH_OPT,
     json_output: bool = JSON_OPT,
 ) -> None:
-    """`GET /functions/v1/send-broadcast/health`: status and latency (breach unless 200)."""
-    from rollout.adapters import monitors
+    """`GET /functions/v1/send-broadcast/health`: status and latency (breach unless 200).
 
+    Also a breach: a release run that died (what it left, and how to finish or undo it).
+    """
+    from dataclasses import replace
+
+    from rollout.adapters import monitors
+    from rollout.engine.liveness import dead_run_at
+
+    loaded = plan_for(plan, env, database_only=False)
     target = _target(plan, env)
-    _run(lambda: monitors.function_health(target, function, max_latency), watch, json_output)
+
+    def measure() -> CheckResult:
+        result = monitors.function_health(target, function, max_latency)
+        dead = dead_run_at(loaded, target.db_url)
+        if dead is None:
+            return result
+        return replace(result, ok=False, summary=f"{result.summary}; " + "; ".join(dead.lines()))
+
+    _run(measure, watch, json_output)
 
 
 @check_app.command("errors")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import signal
 import sys
@@ -20,11 +21,12 @@ from rollout.errors import UsageError
 from rollout.paths import project_root
 
 if TYPE_CHECKING:
+    from rollout.adapters.targets import Target
     from rollout.cli.render import JsonRenderer
     from rollout.engine.events import Masker
     from rollout.engine.journal import Journal
     from rollout.engine.plan import Plan
-    from rollout.engine.runner import Engine, StepView
+    from rollout.engine.runner import Engine
     from rollout.reports.release import Recorder, ReleaseReport
 
 # The engine, its steps and adapters (psycopg, httpx, pydantic, jwt) are imported inside the
@@ -41,25 +43,26 @@ REPORT_OPT = typer.Option(
          "Default: the run's artifacts, .rollout/runs/RUN/report.html.")
 
 STATE_STYLE = {"pending": "[yellow]pending[/yellow]", "applied": "[cyan]applied[/cyan]",
+               "unknown": "[red]unknown[/red]",
                "changed": "[magenta]changed[/magenta]", "disabled": "[dim]disabled[/dim]",
-               "always": "[blue]runs each time[/blue]",
-               "mismatch": "[red]mismatch — apply refuses[/red]"}
+               "apply will refuse": "[red]changed — apply will refuse[/red]",
+               "always": "[blue]runs each time[/blue]"}
 
 
-def _load(path: str) -> Plan:
+def _load(path: str, database_only: bool = False) -> Plan:
     from rollout.engine.plan import load_plan
 
-    return load_plan(Path(path))
+    return load_plan(Path(path), database_only=database_only)
 
 
-def _resolve(plan_or_env: str) -> Plan:
+def _resolve(plan_or_env: str, database_only: bool = False) -> Plan:
     """A plan file, or an environment name found in plans/*.yaml (`rollout unlock production`)."""
     if Path(plan_or_env).exists() or plan_or_env.endswith((".yaml", ".yml")):
-        return _load(plan_or_env)
+        return _load(plan_or_env, database_only)
     matches = []
     for candidate in sorted((project_root() / "plans").glob("*.yaml")):
         try:
-            plan = _load(str(candidate))
+            plan = _load(str(candidate), database_only)
         except UsageError:
             continue
         if plan.environment == plan_or_env:
@@ -107,12 +110,25 @@ def _confirm_production(plan: Plan, yes: bool, verb: str, listing: Sequence[str]
 
 
 def _sigterm_as_interrupt() -> None:
-    """SIGTERM stops a run the way Ctrl-C does: cleanly, maintenance lifted."""
+    """SIGTERM and SIGHUP (the terminal closed) stop a run the way Ctrl-C does: cleanly, the
+    maintenance window lifted, the journal saying which signal."""
 
     def handler(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
+        if signum == signal.SIGHUP:
+            _detach_from_terminal()
+        raise KeyboardInterrupt(signal.Signals(signum).name)
 
     signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGHUP, handler)
+
+
+def _detach_from_terminal() -> None:
+    """A closed terminal fails every write (EIO): send what the clean-up prints nowhere."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for fd in (1, 2):
+        if os.isatty(fd):
+            os.dup2(devnull, fd)
+    os.close(devnull)
 
 
 def _interactive_approver(engine: Engine) -> object:
@@ -164,9 +180,11 @@ def plan_command(
     views = engine.view()
     if json_output:
         print(json.dumps({"plan": loaded.name, "environment": loaded.environment,
-                          "checksum": loaded.checksum,
+                          "checksum": loaded.checksum, "warnings": engine.warnings,
+                          "apply_would_refuse": engine.refused,
+                          "unreachable": str(engine.unreachable or "") or None,
                           "steps": [view.__dict__ for view in views]}, indent=2))
-        _exit_on_mismatch(views)
+        _plan_verdict(engine)
         return
     table_or_blocks(
         out, f"{loaded.name} → {loaded.environment} ({loaded.model.target.kind})",
@@ -174,18 +192,18 @@ def plan_command(
         [(str(i), view.id, view.kind,
           STATE_STYLE.get(view.state, view.state), f"on failure: {view.on_failure}",
           engine.masker.text(view.description)) for i, view in enumerate(views, 1)])
-    for view in views:
-        if view.problems:
-            err.print(f"[red]{view.id}: the target is not the database this step expects; "
-                      "apply would refuse it:[/red]")
-            for problem in view.problems:
-                err.print(f"  {engine.masker.text(problem)}", markup=False)
-    _exit_on_mismatch(views)
+    _print_drifts({view.id: view.drift for view in views if view.drift})
+    if engine.warnings:
+        _print_dead_run(engine.warnings)
+    _plan_verdict(engine)
 
 
-def _exit_on_mismatch(views: list[StepView]) -> None:
-    if any(view.state == "mismatch" for view in views):
-        raise typer.Exit(2)
+def _plan_verdict(engine: Engine) -> None:
+    """`plan` ends as apply would start: the target unreadable (6), or a refusal (2)."""
+    if engine.unreachable is not None:
+        raise engine.unreachable
+    if engine.refused:
+        raise typer.Exit(2)  # what apply would answer: refused, nothing changed
 
 
 @app.command()
@@ -300,32 +318,67 @@ def rollback(
 
 
 def _journal_for(plan: str) -> tuple[Plan, Journal]:
+    loaded, journal, _ = _target_journal(plan)
+    return loaded, journal
+
+
+def _target_journal(plan: str) -> tuple[Plan, Journal, Target]:
     from rollout.engine.journal import Journal
     from rollout.engine.targets import build_target
 
-    loaded = _resolve(plan)
+    loaded = _resolve(plan, database_only=True)  # the journal is all these commands read
     target = build_target(loaded)
     if not target.reachable():
-        raise UsageError(f"the {loaded.model.target.kind} target of {plan} is not running",
-                         hint="`rollout local up` starts the local stack")
+        if loaded.model.target.kind == "local":
+            raise UsageError(f"the local target of {plan} is not running",
+                             hint="`rollout local up` starts the local stack")
+        from rollout.adapters.database import unreachable_reason
+        from rollout.errors import TargetUnreachable
+
+        raise TargetUnreachable(f"cannot read the {loaded.model.target.kind} target of {plan}: "
+                                f"{unreachable_reason(target.db_url) or 'it did not answer'}")
     journal = Journal(target.db_url)
     if not journal.exists():
         raise UsageError(f"{loaded.environment}: nothing has been run there yet")
-    return loaded, journal
+    return loaded, journal, target
+
+
+def _print_drifts(drifts: dict[str, str]) -> None:
+    for step_id, note in drifts.items():
+        out.print(f"[yellow]{step_id}: {note}[/yellow]", soft_wrap=True)
+
+
+def _print_dead_run(lines: list[str]) -> None:
+    head, *rest = lines
+    err.print(f"[red]{head}[/red]", soft_wrap=True)
+    for line in rest:
+        err.print(f"  {line}", soft_wrap=True)
 
 
 @app.command()
 def status(plan: str = PLAN_OR_ENV, json_output: bool = JSON_OPT) -> None:
-    """The environment's state from the journal: each step, last run, lock holder."""
-    loaded, journal = _journal_for(plan)
+    """The environment's state from the journal: each step, last run, lock holder.
+
+    A run whose process is gone shows as dead, with what it left and how to finish or undo it.
+    """
+    from rollout.engine.liveness import dead_run
+    from rollout.engine.runner import drift_notes
+
+    loaded, journal, target = _target_journal(plan)
     states = journal.states(loaded.environment)
+    drifts = drift_notes(loaded, target, states)
     runs = journal.runs(loaded.environment, limit=1)
     holder = journal.lock_holder(loaded.environment)
+    dead = dead_run(journal, loaded)
+    if dead:
+        runs[0].status = "dead"
     if json_output:
         print(json.dumps({"environment": loaded.environment,
                           "steps": {k: v.__dict__ for k, v in states.items()},
                           "last_run": runs[0].__dict__ if runs else None,
-                          "lock": holder}, default=str, indent=2))
+                          "lock": holder,
+                          "drift": drifts,
+                          "dead_run": dead.lines() if dead else None}, default=str, indent=2))
         return
     rows = []
     for planned in loaded.steps:
@@ -334,6 +387,7 @@ def status(plan: str = PLAN_OR_ENV, json_output: bool = JSON_OPT) -> None:
                      f"{state.updated_at:%Y-%m-%d %H:%M:%S}" if state else "-",
                      f"run {state.run_id}" if state else ""))
     table_or_blocks(out, loaded.environment, ["step", "kind", "state", "updated", "run"], rows)
+    _print_drifts(drifts)
     if runs:
         run = runs[0]
         out.print(f"last run {run.id}: {run.command} {run.status} by {run.operator}@"
@@ -342,14 +396,39 @@ def status(plan: str = PLAN_OR_ENV, json_output: bool = JSON_OPT) -> None:
     if holder:
         out.print(f"[yellow]locked by run {holder['run_id']} ({holder['operator']}@"
                   f"{holder['host']}) since {holder['since']:%H:%M:%S}[/yellow]", soft_wrap=True)
+    _print_window(target.db_url)
+    if dead:
+        _print_dead_run(dead.lines())
+
+
+def _print_window(url: str) -> None:
+    """The newest maintenance window: open (and until when at the latest), or how it ended."""
+    from rollout.adapters.database import maintenance_state
+
+    window = maintenance_state(url)
+    lease = window.lease
+    if lease is None:
+        return
+    opened = f"{lease['opened_at']:%Y-%m-%d %H:%M:%S} UTC"
+    if window.enforced:
+        out.print(f"[yellow]maintenance window OPEN since {opened} (run {lease['run_id'][:8]}); "
+                  f"ends by itself by {lease['expires_at']:%H:%M:%S} UTC if the run dies"
+                  "[/yellow]")
+    elif lease["ended_at"] is not None:
+        out.print(f"last maintenance window: {opened} → {lease['ended_at']:%H:%M:%S} UTC, "
+                  f"{lease['ended_how']}")
 
 
 @app.command()
 def history(plan: str = PLAN_OR_ENV, limit: int = typer.Option(20, help="How many runs."),
             json_output: bool = JSON_OPT) -> None:
     """Past runs on the plan's environment: who, when, from which commit, with what result."""
+    from rollout.engine.liveness import dead_run
+
     loaded, journal = _journal_for(plan)
     runs = journal.runs(loaded.environment, limit)
+    if runs and dead_run(journal, loaded):
+        runs[0].status = "dead"  # journaled `running`, its process gone: never shown running
     if json_output:
         print(json.dumps([r.__dict__ for r in runs], default=str, indent=2))
         return
@@ -379,18 +458,41 @@ def approve(
 def unlock(
     plan: str = PLAN_OR_ENV,
     force: bool = flag_option("--force", help="Required: ends the holder's session."),
+    stop_live_run: bool = flag_option(
+        "--stop-live-run",
+        help="With --force, also when the holder is alive: it is told to stop before its next "
+             "step (never run alongside it)."),
 ) -> None:
-    """Free the environment's lock held by a dead or stuck run (shows the holder first)."""
+    """Free the environment's lock held by a dead or stuck run (shows the holder first).
+
+    A holder whose process is alive is refused (exit 5) unless `--stop-live-run`.
+    """
+    from rollout.engine.runner import operator_name
+
     loaded, journal = _journal_for(plan)
     holder = journal.lock_holder(loaded.environment)
     if holder is None:
         out.print(f"{loaded.environment} is not locked")
         return
-    out.print(f"held by run {holder['run_id']} ({holder['operator']}@{holder['host']}, "
-              f"backend pid {holder['pid']}) since {holder['since']}", soft_wrap=True)
+    run_id = str(holder["run_id"])
+    age = journal.beat_age(run_id)
+    alive = journal.alive(run_id)
+    life = (f"ALIVE: its process beat {age:.0f}s ago" if alive else
+            "its process is not beating (dead or frozen)")
+    out.print(f"held by run {run_id} ({holder['operator']}@{holder['host']}, "
+              f"backend pid {holder['pid']}) since {holder['since']} — {life}", soft_wrap=True)
     if not force:
         err.print(f"[red]to end that session and free the lock: "
                   f"{shlex.join(['rollout', 'unlock', plan, '--force'])}[/red]", soft_wrap=True)
         raise typer.Exit(2)
-    journal.force_unlock(loaded.environment)
+    if alive and not stop_live_run:
+        from rollout.errors import LockHeld
+
+        raise LockHeld(f"run {run_id[:8]} is alive: not unlocking under it",
+                       hint="wait for it; to stop it: rollout unlock "
+                            f"{plan} --force --stop-live-run")
+    journal.force_unlock(loaded.environment, operator_name() if alive else None)
+    if alive:
+        out.print(f"[yellow]run {run_id[:8]} was told to stop: it stops before its next step "
+                  "(the maintenance window, if open, ends with its session)[/yellow]")
     out.print(f"[green]{loaded.environment} unlocked[/green]")

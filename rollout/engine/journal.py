@@ -9,7 +9,9 @@ says who holds it, for the refusal message.
 
 from __future__ import annotations
 
+import _thread
 import contextlib
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -20,8 +22,9 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg.types.json import Jsonb
 
+from rollout.adapters import database as db
 from rollout.engine.events import Masker
-from rollout.errors import LockHeld, TargetError
+from rollout.errors import LockHeld, StepFailed, TargetError, TargetUnreachable
 
 SCHEMA_SQL = """
 create schema if not exists rollout;
@@ -44,6 +47,9 @@ create table if not exists rollout.runs (
 );
 -- What the run shipped (Plan.release_fingerprint): matches a staging rehearsal to production.
 alter table rollout.runs add column if not exists release_fingerprint text;
+-- The run's process beats every second, on a connection of its own: alive = a recent beat.
+alter table rollout.runs add column if not exists heartbeat_at timestamptz;
+alter table rollout.runs add column if not exists heartbeat_pid int;
 create index if not exists runs_environment_started on rollout.runs (environment, started_at desc);
 create table if not exists rollout.step_events (
   id bigserial primary key,
@@ -138,6 +144,8 @@ STATE_UPSERT = (
     "status = excluded.status, fingerprint = excluded.fingerprint, "
     "run_id = excluded.run_id, detail = excluded.detail, updated_at = now()")
 RECONNECT_SECONDS = 30.0
+HEARTBEAT_SECONDS = 1.0  # how often a run beats (rollout.runs.heartbeat_at) and renews its lease
+ALIVE_SECONDS = 10  # a run whose last beat is older is not alive (dead, or frozen)
 T = TypeVar("T")
 
 
@@ -153,7 +161,7 @@ def connect_with_retry(url: str, seconds: float) -> psycopg.Connection[Any]:
             return psycopg.connect(url, autocommit=True, connect_timeout=10)
         except psycopg.OperationalError as err:
             if time.monotonic() >= deadline:
-                raise TargetError(f"cannot reach the journal database: "
+                raise TargetUnreachable(f"cannot reach the journal database: "
                                   f"{str(err).strip().splitlines()[0]}") from err
             time.sleep(0.5)
 
@@ -163,6 +171,10 @@ class EnvironmentLock:
 
     If that connection dies (the database restarted), the lock died with it: `ensure()`
     re-takes it before the next step, or stops the run if someone else took it meanwhile.
+    That session is also the run's life for the maintenance window (the lease is bound to it),
+    and a heartbeat thread, on a connection of its own, beats every second and renews the lease
+    (db.renew_lease); if the process stops renewing (SIGSTOP, a hung machine) and the lease
+    lapses, `ensure()` stops the run.
     """
 
     def __init__(self, journal: Journal, environment: str, run_id: str, operator: str,
@@ -173,6 +185,41 @@ class EnvironmentLock:
         self.operator = operator
         self.host = host
         self.holder: psycopg.Connection[Any] | None = None
+        self.lapsed = False
+        self.stopped_by: str | None = None  # set when another operator told this run to stop
+        self._stop = threading.Event()
+        self._heartbeat: threading.Thread | None = None
+
+    @property
+    def pid(self) -> int | None:
+        """The backend pid of the run's session (the maintenance lease is bound to it)."""
+        return self.holder.info.backend_pid if self.holder and not self.holder.closed else None
+
+    def _beat(self) -> None:
+        """Every second, on a connection of its own (it outlives the lock session: after
+        `unlock --force` the process is still seen alive until it stops): the run's heartbeat,
+        and the renewal of its maintenance lease."""
+        conn: psycopg.Connection[Any] | None = None
+        while not self._stop.wait(HEARTBEAT_SECONDS):
+            try:
+                if conn is None or conn.closed:
+                    conn = psycopg.connect(self.journal.url, autocommit=True, connect_timeout=5)
+                row = conn.execute(
+                    "update rollout.runs set heartbeat_at = now(), heartbeat_pid = "
+                    "pg_backend_pid() where id = %s returning status, message",
+                    (self.run_id,)).fetchone()
+                if row and row[0] == "stopping" and not self.stopped_by:
+                    # `unlock --force --stop-live-run`: stop now, the way Ctrl-C does.
+                    self.stopped_by = str(row[1])
+                    _thread.interrupt_main()
+                if db.renew_lease(conn, self.run_id) is False:
+                    self.lapsed = True
+            except psycopg.Error:
+                if conn is not None:
+                    conn.close()
+                conn = None  # the database restarted: reconnect at the next beat
+        if conn is not None:
+            conn.close()
 
     def acquire(self) -> bool:
         self.holder = connect_with_retry(self.journal.url, RECONNECT_SECONDS)
@@ -186,23 +233,44 @@ class EnvironmentLock:
             "update set run_id = excluded.run_id, operator = excluded.operator, "
             "host = excluded.host, pid = excluded.pid, since = excluded.since",
             (self.environment, self.run_id, self.operator, self.host))
+        if self._heartbeat is None:
+            self._heartbeat = threading.Thread(target=self._beat, daemon=True,
+                                               name="rollout-heartbeat")
+            self._heartbeat.start()
         return True
 
     def ensure(self) -> None:
+        """Before each step: the lock is still ours (re-taken after a restart) and the
+        window's lease, if any, has not lapsed."""
         try:
             if self.holder is not None and not self.holder.closed:
-                self.holder.execute("select 1")
+                if db.renew_lease(self.holder, self.run_id) is False:
+                    self.lapsed = True
+                if self.lapsed:
+                    raise StepFailed(
+                        "the maintenance window's lease lapsed (this process stopped renewing "
+                        "it, e.g. it was suspended): API writes were allowed again, so the run "
+                        "stops here", hint="check the data, then `--resume` or `rollout rollback`")
                 return
         except psycopg.OperationalError:
             pass
         if self.holder is not None:
             self.holder.close()
-        if not self.acquire():
-            raise LockHeld(f"lost the lock on {self.environment!r} (the database restarted) "
-                           f"and another run took it: "
-                           f"{self.journal._holder_message(self.environment)}")
+        if self.acquire():
+            assert self.holder is not None
+            stop = self.journal.stop_request(self.run_id)
+            if stop:
+                raise StepFailed(f"stopped: {stop}")
+            db.move_lease(self.holder, self.run_id)  # the window follows the new session
+            return
+        raise LockHeld(f"lost the lock on {self.environment!r} (the database restarted) "
+                       f"and another run took it: "
+                       f"{self.journal._holder_message(self.environment)}")
 
     def release(self) -> None:
+        self._stop.set()
+        if self._heartbeat is not None:
+            self._heartbeat.join()
         if self.holder is None:
             return
         with contextlib.suppress(psycopg.Error):
@@ -293,20 +361,49 @@ class Journal:
             return None
         return dict(zip(("pid", "run_id", "operator", "host", "since"), row, strict=True))
 
-    def force_unlock(self, environment: str) -> dict[str, Any] | None:
+    def force_unlock(self, environment: str, stopped_by: str | None = None
+                     ) -> dict[str, Any] | None:
+        """End the lock holder's session. A live run is first told to stop (`stopped_by`):
+        it sees the request when it re-takes the lock before its next step, and stops there."""
         holder = self.lock_holder(environment)
+        if holder and stopped_by:
+            self.execute("update rollout.runs set status = 'stopping', message = %s "
+                         "where id = %s", (f"told to stop by {stopped_by} (rollout unlock "
+                                           "--force --stop-live-run)", holder["run_id"]))
         if holder:
             self.execute("select pg_terminate_backend(%s)", (holder["pid"],))
         self.execute("delete from rollout.locks where environment = %s", (environment,))
         return holder
+
+    def stop_request(self, run_id: str) -> str | None:
+        row = self.execute("select message from rollout.runs where id = %s and "
+                           "status = 'stopping'", (run_id,)).fetchone()
+        return str(row[0]) if row else None
+
+    def beat_age(self, run_id: str) -> float | None:
+        """Seconds since the run's process last beat, if the session it beats on is still
+        connected; None otherwise (killed: at once). Read through to_jsonb, so a journal from
+        before heartbeats needs no upgrade."""
+        row = self.execute(
+            "select extract(epoch from now() - (b ->> 'heartbeat_at')::timestamptz), "
+            "exists (select from pg_stat_activity where pid = (b ->> 'heartbeat_pid')::int) "
+            "from (select to_jsonb(r) b from rollout.runs r where id = %s) s",
+            (run_id,)).fetchone()
+        return float(row[0]) if row and row[0] is not None and row[1] else None
+
+    def alive(self, run_id: str) -> bool:
+        """The run's process is alive: it beat within ALIVE_SECONDS."""
+        age = self.beat_age(run_id)
+        return age is not None and age < ALIVE_SECONDS
 
     # ---- runs ----------------------------------------------------------------------------------
 
     def start_run(self, run: RunInfo) -> None:
         self.execute(
             "insert into rollout.runs (id, environment, command, plan_name, plan_path, "
-            "plan_checksum, git_commit, operator, host, status, release_fingerprint) "
-            "values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            "plan_checksum, git_commit, operator, host, status, release_fingerprint, "
+            "heartbeat_at, heartbeat_pid) "  # alive from its first row: the beats follow
+            "values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, now(), pg_backend_pid())",
             (run.id, run.environment, run.command, run.plan_name, run.plan_path,
              run.plan_checksum, run.git_commit, run.operator, run.host, run.status,
              run.release_fingerprint))
@@ -343,9 +440,11 @@ class Journal:
         return self._fingerprint_column
 
     def interrupted_run(self, environment: str) -> RunInfo | None:
-        """The newest apply that never finished (its process died holding nothing)."""
+        """The newest apply that never finished (its process died holding nothing, or it
+        parked at a gate: `waiting`)."""
         for run in self.runs(environment, limit=5):
-            if run.command == "apply" and run.status in ("running", "interrupted"):
+            if run.command == "apply" and run.status in ("running", "interrupted", "stopping",
+                                                         "waiting"):
                 return run
             if run.command == "apply":
                 return None

@@ -112,6 +112,8 @@ class Notifier:
             self._slack(f"{head} :rewind: rolled back{detail}")
         elif event.status == "rollback-failed":
             self._slack(f"{head} :rotating_light: ROLLBACK FAILED — a person is needed{detail}")
+        elif event.status == "waiting":
+            self._slack(f"{head} :hourglass: parked at a gate, lock released{detail}")
         else:
             self._slack(f"{head} :x: {event.command} {event.status}{detail}")
         severity = PAGE_SEVERITY.get(event.status)

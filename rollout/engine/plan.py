@@ -141,9 +141,15 @@ class Plan:
                         + ", ".join(p.spec.id for p in self.steps))
 
 
-def load_plan(path: Path, environ: Mapping[str, str] | None = None) -> Plan:
-    """Parse, interpolate and validate a plan file; PlanError (exit 2) names file:line:col."""
-    source = yamlsource.load(path, environ)
+def load_plan(path: Path, environ: Mapping[str, str] | None = None,
+              database_only: bool = False) -> Plan:
+    """Parse, interpolate and validate a plan file; PlanError (exit 2) names file:line:col.
+
+    `database_only`: for commands that only read or write the target's database (status,
+    flags, unlock…), the variables the plan uses elsewhere need not be set.
+    """
+    needs = (lambda loc: loc[:2] == ("target", "database_url")) if database_only else None
+    source = yamlsource.load(path, environ, needs)
     try:
         model = PlanModel.model_validate(source.data)
     except ValidationError as err:

@@ -36,9 +36,23 @@ from rollout.engine.events import (
     StepProgress,
     StepStarted,
 )
-from rollout.engine.journal import EnvironmentLock, Journal, RunInfo, StepState
+from rollout.engine.journal import (
+    ALIVE_SECONDS,
+    EnvironmentLock,
+    Journal,
+    RunInfo,
+    StepState,
+)
 from rollout.engine.plan import Plan, PlannedStep
-from rollout.errors import RollbackFailed, RolloutError, StepFailed, UsageError
+from rollout.errors import (
+    LockHeld,
+    Parked,
+    RollbackFailed,
+    RolloutError,
+    StepFailed,
+    TargetUnreachable,
+    UsageError,
+)
 from rollout.paths import project_root, state_dir
 from rollout.steps import StepContext
 
@@ -54,10 +68,9 @@ class StepView:
     id: str
     kind: str
     description: str
-    state: str  # pending | applied | changed | disabled | always | mismatch
+    state: str  # pending | applied | changed | disabled | always
     on_failure: str
-    problems: list[str] = field(default_factory=list)
-    """For `mismatch`: how the target differs from what the step expects (apply refuses)."""
+    drift: str | None = None  # how the target moved since the step was applied
 
 
 @dataclass
@@ -107,7 +120,12 @@ class Engine:
         self._sink = sink
         self.root = project_root()
         self.journal: Journal | None = None
+        self.lock: EnvironmentLock | None = None
         self.results: list[StepFinished] = []
+        # What the last view() found besides the steps (see there).
+        self.warnings: list[str] = []
+        self.refused = False
+        self.unreachable: TargetUnreachable | None = None
 
     # ---- events ----------------------------------------------------------------------------
 
@@ -120,34 +138,73 @@ class Engine:
     # ---- read-only view --------------------------------------------------------------------
 
     def view(self) -> list[StepView]:
-        """What `apply` would do now, without changing anything (not even the journal)."""
+        """What `apply` would do now, without changing anything (not even the journal).
+
+        Each enabled step's preflight runs against the target, so a step apply would refuse
+        (a migration changed since it was applied…) shows as such. What the operator must know
+        besides the steps (a dead run and what it left, a refusal's reason) goes to
+        `self.warnings`; `self.refused` is True when apply would refuse to start. A remote
+        target that cannot be read leaves every state "unknown" and its error (with the real
+        cause) in `self.unreachable`.
+        """
+        from rollout.engine.liveness import dead_run
+
+        self.warnings, self.refused = [], False
         states: dict[str, StepState] = {}
-        if self.target.reachable():
+        drifts: dict[str, str] = {}
+        refusals: dict[str, str] = {}
+        self.unreachable = None
+        reachable = self.target.reachable()
+        if not reachable and self.target.kind != "local":  # a local stack is started by apply
+            why = db.unreachable_reason(self.target.db_url) or "it did not answer"
+            self.unreachable = TargetUnreachable(
+                f"cannot read the {self.target.kind} target of {self.plan.environment!r}, so "
+                f"the plan cannot say what apply would do: {why}")
+        if reachable:
             journal = Journal(self.target.db_url, self.masker)
             try:
                 if journal.exists():
                     states = journal.states(self.plan.environment)
+                    drifts = drift_notes(self.plan, self.target, states)
+                    dead = dead_run(journal, self.plan)
+                    self.warnings += dead.lines() if dead else []
             finally:
                 journal.close()
+            refusals = self._refusals(states)
         views = []
-        baseline_pending = False  # a later step's expectations wait for the baseline
         for planned in self.plan.steps:
             step = planned.step
-            state, problems = "pending", []
+            state = "pending" if self.unreachable is None else "unknown"
             if not planned.enabled:
                 state = "disabled"
+            elif step.id in refusals:
+                state = "apply will refuse"
+                self.warnings.append(f"{step.id}: apply will refuse: {refusals[step.id]}")
             elif not step.persistent:
                 state = "always"
             elif (found := states.get(step.id)) and found.status == "applied":
                 state = "applied" if found.fingerprint == fingerprint(planned) else "changed"
-            elif step.builds_baseline:
-                baseline_pending = True
-            elif self.target.reachable() and not baseline_pending:
-                problems = step.target_mismatch(self.target.db_url, project_root())
-                state = "mismatch" if problems else state
             views.append(StepView(step.id, step.kind, step.describe(), state, planned.on_failure,
-                                  problems))
+                                  drifts.get(step.id)))
+        self.refused = bool(refusals)
         return views
+
+    def _refusals(self, states: dict[str, StepState]) -> dict[str, str]:
+        """Each enabled step's preflight (read-only), as apply runs them: the refusals. As in
+        apply, a step after a pending baseline step does not check the target yet."""
+        ctx = self._context("preflight", operator_name(), None, "")
+        refusals = {}
+        baseline_pending = False
+        for planned in self.plan.steps:
+            if planned.enabled:
+                ctx.extra["baseline_pending"] = baseline_pending
+                try:
+                    planned.step.preflight(ctx)
+                except UsageError as err:
+                    refusals[planned.step.id] = str(err)
+                baseline_pending |= (planned.step.builds_baseline
+                                     and not self._applied(planned, states))
+        return refusals
 
     # ---- apply -------------------------------------------------------------------------------
 
@@ -170,13 +227,15 @@ class Engine:
         operator = options.operator or operator_name()
         host = socket.gethostname()
         with journal.lock(self.plan.environment, run_id, operator, host) as lock:
+            self.lock = lock
+            if interrupted:
+                self._refuse_if_alive(interrupted)
             if interrupted and not options.resume:
-                # We hold the environment's lock, so whoever ran it is gone.
-                journal.set_run_status(interrupted.id, "interrupted",
-                                       "the process ended without finishing")
+                # A refusal writes nothing: the journal keeps the run as it was left.
                 raise UsageError(
-                    f"run {interrupted.id[:8]} on {self.plan.environment!r} was interrupted "
-                    f"({interrupted.operator}, {interrupted.started_at:%Y-%m-%d %H:%M} UTC)",
+                    f"run {interrupted.id[:8]} on {self.plan.environment!r} did not finish "
+                    f"({interrupted.status}; {interrupted.operator}, "
+                    f"{interrupted.started_at:%Y-%m-%d %H:%M} UTC)",
                     hint=f"continue it with `{self._command('apply', '--resume')}`, or undo it "
                          f"with `{self._command('rollback')}`")
             deferred = self._preflight(selected)
@@ -218,6 +277,10 @@ class Engine:
                              self.target.kind, [p.spec.id for p in selected], resumed))
         done_in_run = journal.completed_in_run(run_id) if resumed else set()
         states = journal.states(self.plan.environment)
+        # Nothing pending (every persistent step applied, as is): change nothing — no backup,
+        # no window, no announcement, no checks. `--from`/`--to` run what they name.
+        idle = not resumed and options.from_step is None and options.to_step is None and \
+            self._nothing_pending(selected, states)
         applied_here: list[tuple[PlannedStep, dict[str, Any]]] = []
         # Pessimistic until the loop ends normally: an unexpected exception escaping below is
         # journaled as a failure, never as success.
@@ -231,6 +294,9 @@ class Engine:
                     self._finish(run_id, planned, "apply", "skipped", 0, "disabled by `when`")
                     continue
                 state = states.get(step.id)
+                if idle and not step.persistent:
+                    self._finish(run_id, planned, "apply", "skipped", 0, "nothing pending")
+                    continue
                 if (step.id in done_in_run and not step.repeat_on_resume) or (
                         step.persistent and state and state.status == "applied"
                         and state.fingerprint == fingerprint(planned)):
@@ -261,7 +327,8 @@ class Engine:
                     message = f"step {step.id} failed: {error}"
                 break
             else:
-                status, exit_code, message = "succeeded", 0, ""
+                status, exit_code = "succeeded", 0
+                message = "nothing to do: every step is applied" if idle else ""
                 if failures:
                     status, exit_code = "failed", 1
                     message = "completed with failures: " + "; ".join(failures)
@@ -269,11 +336,16 @@ class Engine:
             status, exit_code, message = "rollback-failed", 3, str(err)
         except UsageError as err:  # a check that waited for the baseline refused the run
             status, exit_code, message = "failed", 2, f"refused: {err}"
-        except KeyboardInterrupt:
-            status, exit_code, message = "interrupted", 1, "interrupted by the operator"
+        except (StepFailed, LockHeld) as err:  # between steps: lease lapsed, lock lost
+            status, exit_code, message = "failed", 1, str(err)
+        except Parked as err:
+            status, exit_code = "waiting", Parked.exit_code
+            message = (f"{err} — continue with `rollout apply {self.plan.path} --resume`")
+        except KeyboardInterrupt as err:
+            status, exit_code = "interrupted", 1
+            message = f"interrupted ({lock.stopped_by or interruption(err)})"
         finally:
-            self._lift_maintenance_unless(status == "succeeded")
-            journal.set_run_status(run_id, status, message or None)
+            self._close(run_id, status, message, status == "succeeded", f"run {status}")
         self.emit(RunFinished(run_id, "apply", status, exit_code, time.monotonic() - began,
                               message))
         return RunResult(run_id, status, exit_code, list(self.results), message)
@@ -294,6 +366,13 @@ class Engine:
         except KeyboardInterrupt:
             journal.step_event(run_id, step.id, step.kind, "apply", "interrupted",
                                time.monotonic() - began)
+            raise
+        except Parked as err:
+            seconds = time.monotonic() - began
+            journal.step_event(run_id, step.id, step.kind, "apply", "waiting", seconds,
+                               error=str(err))
+            self.emit(StepFinished(step.id, step.kind, "apply", "waiting", seconds,
+                                   error=str(err)))
             raise
         except Exception as err:  # noqa: BLE001 — any failure of a step is that step's failure
             seconds = time.monotonic() - began
@@ -339,8 +418,10 @@ class Engine:
         run_id = str(uuid.uuid4())
         began = time.monotonic()
         with journal.lock(self.plan.environment, run_id, operator, host) as lock:
+            self.lock = lock
             interrupted = journal.interrupted_run(self.plan.environment)
             if interrupted:
+                self._refuse_if_alive(interrupted)
                 journal.set_run_status(interrupted.id, "abandoned",
                                        f"rolled back by run {run_id[:8]}")
             states = journal.states(self.plan.environment)
@@ -358,8 +439,7 @@ class Engine:
             except KeyboardInterrupt:
                 status, exit_code, message = "interrupted", 3, "rollback interrupted"
             finally:
-                self._lift_maintenance_unless(False)
-                journal.set_run_status(run_id, status, message or None)
+                self._close(run_id, status, message, False, f"rollback {status}")
         self.emit(RunFinished(run_id, "rollback", status, exit_code, time.monotonic() - began,
                               message))
         return RunResult(run_id, status, exit_code, list(self.results), message)
@@ -420,6 +500,23 @@ class Engine:
 
     # ---- shared pieces ------------------------------------------------------------------------
 
+    def _nothing_pending(self, selected: list[PlannedStep],
+                         states: dict[str, StepState]) -> bool:
+        persistent = [p for p in selected if p.enabled and p.step.persistent]
+        return bool(persistent) and all(
+            (s := states.get(p.step.id)) and s.status == "applied"
+            and s.fingerprint == fingerprint(p) for p in persistent)
+
+    def _refuse_if_alive(self, run: RunInfo) -> None:
+        """We hold the lock, yet `run` may still be alive: told to stop (`unlock --force
+        --stop-live-run`) and finishing its step. Never run two processes on one run."""
+        age = self._journal().beat_age(run.id)
+        if age is not None and age < ALIVE_SECONDS:
+            raise LockHeld(f"run {run.id[:8]} ({run.operator}@{run.host}) is still alive: its "
+                           f"process beat {age:.0f}s ago, without the lock "
+                           f"({run.message or 'it lost its database session'})",
+                           hint="wait until `rollout status` no longer shows it alive")
+
     def _partial(self, planned: PlannedStep) -> bool:
         state = self._journal().states(self.plan.environment).get(planned.step.id)
         return bool(state and state.status == "partial")
@@ -453,10 +550,21 @@ class Engine:
             wait_for_approval=lambda gate, message, timeout: self._wait_for_approval(
                 run_id, gate, message, timeout, approver),
             extra={"slack_webhook_url": self.plan.model.notifications.slack_webhook_url,
-                   "maintenance_since": self._maintenance_since(run_id)},
+                   "maintenance_since": self._maintenance_since(run_id),
+                   "first_attempt": self._first_attempt(run_id, step_id),
+                   "session_pid": self.lock.pid if self.lock else None},
         )
         artifacts.mkdir(parents=True, exist_ok=True)
         return ctx
+
+    def _first_attempt(self, run_id: str, step_id: str) -> str | None:
+        """When this run first started the step (a parked gate's timeout counts from there)."""
+        if self.journal is None or run_id == "preflight":
+            return None
+        for event in self.journal.events(run_id):
+            if event["step_id"] == step_id and event["action"] == "apply":
+                return str(event["at"].isoformat())
+        return None
 
     def _maintenance_since(self, run_id: str) -> str | None:
         """When this run opened the maintenance window (from the journal: survives a crash)."""
@@ -483,9 +591,23 @@ class Engine:
             time.sleep(APPROVAL_POLL_SECONDS)
         raise StepFailed(f"no approval for step {step_id} within {timeout:.0f}s")
 
-    def _lift_maintenance_unless(self, succeeded: bool) -> None:
+    def _close(self, run_id: str, status: str, message: str, succeeded: bool,
+               how: str) -> None:
+        """Lift the window unless the run succeeded, and journal its end — to the end, even if
+        a signal arrives meanwhile (a second Ctrl-C, SIGHUP after SIGTERM): the record then
+        says what really happened; the signal asked for nothing more than a stop."""
+        while True:
+            try:
+                self._lift_maintenance_unless(succeeded, how)
+                self._journal().set_run_status(run_id, status, message or None)
+                return
+            except KeyboardInterrupt:
+                continue
+
+    def _lift_maintenance_unless(self, succeeded: bool, how: str) -> None:
         """Never leave the API read-only: lift the window unless the run succeeded with it
-        closed (a successful plan closes it itself; lifting again is harmless)."""
+        closed (a successful plan closes it itself; lifting again is harmless). `how` is
+        journaled as the way the window ended."""
         try:
             active = db.maintenance_active(self.target.db_url)
         except RolloutError:
@@ -493,7 +615,7 @@ class Engine:
                              "check it with `rollout status`", "error"))
             return
         if active:
-            lifted = db.maintenance_off(self.target.db_url)
+            lifted = db.maintenance_off(self.target.db_url, f"lifted when the {how}")
             level = "info" if succeeded else "warning"
             self.emit(Notice(f"maintenance window lifted on {len(lifted)} table(s)", level))
 
@@ -504,6 +626,23 @@ class Engine:
             plan_checksum=self.plan.checksum, git_commit=git_commit(self.root),
             operator=operator, host=host, status="running", started_at=None,  # type: ignore[arg-type]
             finished_at=None, message=None, release_fingerprint=self.plan.release_fingerprint)
+
+
+def drift_notes(plan: Plan, target: Target, states: dict[str, StepState]) -> dict[str, str]:
+    """Applied steps whose effect the target no longer shows (a flag killed since), by id."""
+    notes = {}
+    for planned in plan.steps:
+        state = states.get(planned.step.id)
+        if state and state.status == "applied":
+            note = planned.step.drift(target, state.detail)
+            if note:
+                notes[planned.step.id] = note
+    return notes
+
+
+def interruption(err: KeyboardInterrupt) -> str:
+    """Which signal stopped the run (the CLI raises KeyboardInterrupt('SIGTERM'), …)."""
+    return str(err.args[0]) if err.args else "SIGINT, Ctrl-C"
 
 
 def describe_failure(err: BaseException) -> str:

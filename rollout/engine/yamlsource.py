@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,8 @@ class Source:
     positions: dict[tuple[str | int, ...], tuple[int, int]] = field(default_factory=dict)
     secrets: set[str] = field(default_factory=set)
     variables: set[str] = field(default_factory=set)
+    missing: dict[str, list[tuple[str | int, ...]]] = field(default_factory=dict)
+    """Variables used but not set, with where each is used: all reported at once."""
 
     def where(self, loc: tuple[str | int, ...]) -> str:
         """`file:line:col` of the deepest known prefix of `loc`."""
@@ -56,7 +58,19 @@ def _secret(loader: yaml.SafeLoader, node: yaml.Node) -> yaml.Node:
 _SecretLoader.add_constructor("!secret", _secret)
 
 
-def load(path: Path, environ: Mapping[str, str] | None = None) -> Source:
+# What an unset variable reads as where the command does not need it (see `load`): values that
+# pass the target's validation, and are never used.
+PLACEHOLDERS: dict[tuple[str | int, ...], str] = {
+    ("target", "project_ref"): "unsetunsetunsetunset",
+    ("target", "supabase_url"): "https://unset.invalid",
+}
+
+
+def load(path: Path, environ: Mapping[str, str] | None = None,
+         needs: Callable[[tuple[str | int, ...]], bool] | None = None) -> Source:
+    """Parse and interpolate a plan file. With `needs`, a variable left unset where
+    `needs(location)` is False does not fail the load (a command that only needs the database
+    does not need the Management API token); it reads as a placeholder."""
     env = os.environ if environ is None else environ
     try:
         size = path.stat().st_size
@@ -65,7 +79,17 @@ def load(path: Path, environ: Mapping[str, str] | None = None) -> Source:
     if size > MAX_PLAN_BYTES:
         raise PlanError(f"{path}: the plan is {size:,} bytes; plans are limited to "
                         f"{MAX_PLAN_BYTES:,} bytes")
-    text = path.read_text(encoding="utf-8", errors="strict")
+    if path.is_dir():
+        raise PlanError(f"{path}: is a directory, not a plan file")
+    try:
+        text = path.read_text(encoding="utf-8", errors="strict")
+    except OSError as err:
+        raise PlanError(f"{path}: cannot read the plan ({err.strerror})") from err
+    except UnicodeDecodeError as err:
+        raise PlanError(f"{path}: not a text plan (byte {err.start} is not UTF-8): is it the "
+                        "right file?") from err
+    if "\x00" in text:
+        raise PlanError(f"{path}: not a text plan (it contains NUL bytes): is it the right file?")
     try:
         node = yaml.compose(text, Loader=_SecretLoader)
     except yaml.MarkedYAMLError as err:
@@ -82,6 +106,14 @@ def load(path: Path, environ: Mapping[str, str] | None = None) -> Source:
         raise PlanError(f"{path}: the plan is empty")
     source = Source(path=path, data=None)
     source.data = _convert(node, (), source, env, secret=False)
+    if needs is not None:
+        for name, locs in list(source.missing.items()):
+            if not any(needs(loc) for loc in locs):
+                del source.missing[name]
+                for loc in locs:
+                    _set(source.data, loc, PLACEHOLDERS.get(loc, "unset"))
+    if source.missing:
+        raise missing_variables(source)
     if not isinstance(source.data, dict):
         raise PlanError(f"{source.where(())}: a plan is a mapping with `name`, `target` "
                         "and `steps`")
@@ -114,6 +146,27 @@ def _convert(node: yaml.Node, loc: tuple[str | int, ...], source: Source,
     return value
 
 
+def _set(data: Any, loc: tuple[str | int, ...], value: str) -> None:
+    for key in loc[:-1]:
+        data = data[key]
+    data[loc[-1]] = value
+
+
+def missing_variables(source: Source) -> PlanError:
+    """One error naming every missing variable and where it is used. The hint offers a
+    `${NAME:-default}` only for step parameters that are not secrets: a target's endpoints and
+    credentials, and secrets, must come from the environment, never from a default in a plan."""
+    names = sorted(source.missing)
+    listed = ", ".join(f"{name} ({source.where(source.missing[name][0])})" for name in names)
+    hint = "export " + " ".join(f"{name}=…" for name in names)
+    defaultable = [n for n in names if all(loc[:1] == ("steps",) for loc in source.missing[n])
+                   and not SECRET_NAME.search(n)]
+    if defaultable and len(defaultable) == len(names):
+        hint += f", or give a step parameter a default: ${{{defaultable[0]}:-value}}"
+    return PlanError(f"{source.path}: {len(names)} environment variable(s) not set: {listed}",
+                     hint=hint)
+
+
 def _interpolate(value: str, loc: tuple[str | int, ...], source: Source,
                  env: Mapping[str, str], secret: bool) -> str:
     def replace(match: re.Match[str]) -> str:
@@ -124,10 +177,8 @@ def _interpolate(value: str, loc: tuple[str | int, ...], source: Source,
         elif default is not None:
             found = default
         else:
-            raise PlanError(
-                f"{source.where(loc)}: environment variable {name} is not set",
-                hint=f"export {name}=… or give a default: ${{{name}:-value}}",
-            )
+            source.missing.setdefault(name, []).append(loc)
+            return ""
         if found and (secret or SECRET_NAME.search(name)):
             source.secrets.add(found)
         return found

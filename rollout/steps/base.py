@@ -105,6 +105,10 @@ class Step:
     def rollback(self, ctx: StepContext, detail: Detail) -> Detail:
         return {"undone": False, "reason": "nothing to undo"}
 
+    def drift(self, target: Target, detail: Detail) -> str | None:
+        """How the target moved away from what this applied step did (None: it did not)."""
+        return None
+
     def fingerprint(self) -> str:
         """What identifies this step's effect; a changed fingerprint means 'apply again'."""
         return f"{self.kind}:{self.params.model_dump_json()}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import shutil
 import subprocess
 import time
@@ -111,10 +112,14 @@ class DbBackup(Step):
 class MaintenanceParams(Params):
     mode: Literal["on", "off"] = Field(description="on: refuse API writes; off: allow them again.")
     schemas: list[str] = Field(default_factory=lambda: ["public"])
+    lease: int = Field(60, ge=3, le=86400, description=(
+        "Seconds: if the run dies (any signal, a lost machine), writes come back by themselves "
+        "at the latest this long after its last renewal (at once when its session is gone)."))
 
 
 class DbMaintenance(Step):
-    """The read-only window for the API roles (`anon`, `authenticated`); lifted on any failure."""
+    """The read-only window for the API roles (`anon`, `authenticated`): a lease the live run
+    renews, enforced in the database; lifted on any failure, and ends by itself if the run dies."""
 
     kind: ClassVar[str] = "db.maintenance"
     Params = MaintenanceParams
@@ -124,14 +129,20 @@ class DbMaintenance(Step):
 
     def describe(self) -> str:
         if self.params.mode == "on":
-            return f"read-only window ON for anon/authenticated on {', '.join(self.params.schemas)}"
+            schemas = ", ".join(self.params.schemas)
+            return (f"read-only window ON for anon/authenticated on {schemas} "
+                    f"(ends by itself {self.params.lease}s after the run dies)")
         return "read-only window OFF: writes allowed again"
 
     def apply(self, ctx: StepContext) -> Detail:
         if self.params.mode == "on":
-            detail = db.maintenance_on(ctx.target.db_url, self.params.schemas)
+            session = ctx.extra.get("session_pid")
+            if not session:
+                raise StepFailed("the maintenance window needs the run's database session")
+            lease = db.Lease(ctx.run_id, int(session), self.params.lease)
+            detail = db.maintenance_on(ctx.target.db_url, self.params.schemas, lease)
             return {**detail, "since": datetime.now(UTC).isoformat()}
-        lifted = db.maintenance_off(ctx.target.db_url)
+        lifted = db.maintenance_off(ctx.target.db_url, f"lifted by step {self.id}")
         since = ctx.extra.get("maintenance_since")
         duration = None
         if since:
@@ -139,20 +150,34 @@ class DbMaintenance(Step):
         return {"lifted": lifted, "window_seconds": duration}
 
     def verify(self, ctx: StepContext, detail: Detail) -> None:
-        active = db.maintenance_active(ctx.target.db_url)
-        wanted = self.params.mode == "on"
-        if wanted and detail.get("protected") and not active:
+        state = db.maintenance_state(ctx.target.db_url)
+        if self.params.mode == "on" and detail.get("protected") and not state.enforced:
             raise StepFailed("the maintenance window is not in place")
-        if not wanted and active:
-            raise StepFailed("maintenance policies are still present")
+        if self.params.mode == "off" and state.present:
+            raise StepFailed("maintenance guards are still present")
 
     def rollback(self, ctx: StepContext, detail: Detail) -> Detail:
         if self.params.mode == "on":
-            return {"undone": True, "lifted": db.maintenance_off(ctx.target.db_url)}
+            return {"undone": True, "lifted": db.maintenance_off(
+                ctx.target.db_url, f"lifted by the rollback of step {self.id}")}
         return {"undone": False, "reason": "a rollback never re-enters the window"}
 
 
 # ---- db.migrate --------------------------------------------------------------------------------
+
+
+PG_DURATION = re.compile(r"^\s*\d+(\.\d+)?\s*(us|ms|s|min|h|d)?\s*$")
+
+
+def pg_duration(value: str) -> str:
+    """A PostgreSQL time setting as `set lock_timeout` takes it (5s, 250ms, 2min, 1h): checked
+    with the plan, not when the migration is about to run inside the window."""
+    if not PG_DURATION.match(value):
+        raise ValueError(f"{value!r} is not a PostgreSQL duration (e.g. 5s, 250ms, 2min, 1h)")
+    return value
+
+
+PgDuration = Annotated[str, AfterValidator(pg_duration)]
 
 
 class MigrateParams(Params):
@@ -162,8 +187,8 @@ class MigrateParams(Params):
         None, description="What `file` expects of the target (tables, columns, types, "
                           "constraints, triggers, what must be absent), as data: checked by "
                           "`rollout plan` and before apply changes anything.")
-    lock_timeout: str = "5s"
-    statement_timeout: str = "120s"
+    lock_timeout: PgDuration = "5s"
+    statement_timeout: PgDuration = "120s"
     lint: Literal["error", "warn", "off"] = Field(
         "error",
         description="squawk findings fail the step (error), are reported (warn), or not run.")

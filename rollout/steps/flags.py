@@ -7,7 +7,8 @@ from typing import ClassVar
 from pydantic import Field
 
 from rollout.adapters import flags
-from rollout.errors import StepFailed
+from rollout.adapters.targets import Target
+from rollout.errors import RolloutError, StepFailed
 from rollout.steps.base import Detail, Params, Step, StepContext
 
 
@@ -42,7 +43,20 @@ class FlagsSet(Step):
             raise StepFailed(f"{self.params.flag} is not at {self.params.percentage}%")
 
     def rollback(self, ctx: StepContext, detail: Detail) -> Detail:
-        change = flags.set_flag(ctx.target.db_url, self.params.flag, int(detail["from"]),
-                                actor=f"{ctx.operator} (rollback {ctx.run_id[:8]})",
-                                reason=f"rollback of step {self.id}", allow_decrease=True)
-        return {"undone": True, "to": change.after}
+        restore = flags.restore_flag(
+            ctx.target.db_url, self.params.flag, set_to=int(detail["to"]),
+            previous=int(detail["from"]), actor=f"{ctx.operator} (rollback {ctx.run_id[:8]})",
+            reason=f"rollback of step {self.id}")
+        return {"undone": restore.restored, "now": restore.now, "why": restore.reason}
+
+    def drift(self, target: Target, detail: Detail) -> str | None:
+        url = target.db_url
+        try:
+            flags.require_flags_table(url)
+            now = flags.get_flag(url, self.params.flag).percentage
+        except RolloutError:
+            return f"applied {detail.get('to')} %, the flag is gone"
+        if now == detail.get("to"):
+            return None
+        return (f"applied {detail.get('to')} %, now {now} % — "
+                f"{flags.last_change(url, self.params.flag)}")

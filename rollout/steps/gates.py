@@ -6,12 +6,13 @@ import operator
 import re
 import time
 from collections.abc import Callable
+from datetime import datetime
 from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from rollout.adapters import probes
-from rollout.errors import StepFailed
+from rollout.errors import Parked, StepFailed
 from rollout.steps.base import Detail, Params, Step, StepContext
 
 DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
@@ -76,11 +77,24 @@ class GatePause(Step):
         return {"paused_seconds": total}
 
 
+POLL_DESCRIPTION = (
+    "How long one process waits: not satisfied by then, the run parks as `waiting` (exit 7, lock "
+    "released) and `rollout apply PLAN --resume` checks again; `timeout` counts from the gate's "
+    "first check. None: wait in this process until `timeout`.")
+
+
+def elapsed(ctx: StepContext) -> float:
+    """Seconds since this run first started the step (in an earlier process, if it parked)."""
+    first = ctx.extra.get("first_attempt")
+    return time.time() - datetime.fromisoformat(first).timestamp() if first else 0.0
+
+
 class ApprovalParams(Params):
     message: str = "Continue the rollout?"
     timeout: str | float = "1h"
+    poll: str | float | None = Field(None, description=POLL_DESCRIPTION)
 
-    _check = field_validator("timeout")(check_duration)
+    _check = field_validator("timeout", "poll")(check_duration)
 
 
 class GateApproval(Step):
@@ -97,8 +111,16 @@ class GateApproval(Step):
     def apply(self, ctx: StepContext) -> Detail:
         if ctx.wait_for_approval is None:
             raise StepFailed("no way to ask for approval in this run")
-        approver = ctx.wait_for_approval(self.id, self.params.message, seconds(self.params.timeout))
-        return {"approved_by": approver}
+        p = self.params
+        left = max(seconds(p.timeout) - elapsed(ctx), 0.0)
+        if p.poll is None or seconds(p.poll) >= left:
+            return {"approved_by": ctx.wait_for_approval(self.id, p.message, left)}
+        try:
+            return {"approved_by": ctx.wait_for_approval(self.id, p.message, seconds(p.poll))}
+        except StepFailed as err:  # not approved yet: park rather than hold the lock
+            raise Parked(f"gate {self.id} waits for approval (`rollout approve ENV RUN "
+                         f"{self.id}`); it is checked again at the next `apply --resume` "
+                         f"(timeout {p.timeout} from its first check)") from err
 
 
 class AnalysisParams(Params):
@@ -116,8 +138,9 @@ class AnalysisParams(Params):
     timeout: str | float = "1h"
     inconclusive: Literal["ask", "fail"] = Field(
         "ask", description="At timeout with neither verdict: ask a person, or fail.")
+    poll: str | float | None = Field(None, description=POLL_DESCRIPTION)
 
-    _durations = field_validator("interval", "timeout")(check_duration)
+    _durations = field_validator("interval", "timeout", "poll")(check_duration)
     _conditions = field_validator("success", "failure")(check_condition)
 
     @model_validator(mode="after")
@@ -149,7 +172,9 @@ class GateAnalysis(Step):
 
     def apply(self, ctx: StepContext) -> Detail:
         p = self.params
-        deadline = time.monotonic() + seconds(p.timeout)
+        # The timeout counts from the gate's first check, in an earlier process if it parked.
+        deadline = time.monotonic() + seconds(p.timeout) - elapsed(ctx)
+        park_at = time.monotonic() + seconds(p.poll) if p.poll is not None else deadline
         successes = failures = 0
         measurements: list[float | str] = []
         while True:
@@ -171,6 +196,10 @@ class GateAnalysis(Step):
                 return {"verdict": "successful", "measurements": measurements[-20:]}
             if time.monotonic() + seconds(p.interval) > deadline:
                 break
+            if time.monotonic() + seconds(p.interval) > park_at:
+                raise Parked(f"gate {self.id} is not satisfied yet ({p.success}, last "
+                             f"{value}); it is checked again at the next `apply --resume` "
+                             f"(timeout {p.timeout} from its first check)")
             time.sleep(seconds(p.interval))
         if p.inconclusive == "ask" and ctx.wait_for_approval is not None:
             approver = ctx.wait_for_approval(

@@ -23,10 +23,14 @@ CASES = {
                      ["plan.yaml:8:", "less than or equal to 100"]),
     "missing-variable": (LOCAL_HEADER + "  - id: n\n    kind: notify\n"
                          "    with: {message: '${ROLLOUT_TEST_SURELY_UNSET}'}\n",
-                         ["plan.yaml:8:", "ROLLOUT_TEST_SURELY_UNSET is not set"]),
+                         ["plan.yaml:8:", "not set: ROLLOUT_TEST_SURELY_UNSET"]),
     "path-traversal": (LOCAL_HEADER + "  - id: m\n    kind: db.migrate\n"
                        "    with: {file: ../../../../etc/passwd}\n",
                        ["plan.yaml:8:", "outside the project directory"]),
+    "not-a-duration": (LOCAL_HEADER + "  - id: m\n    kind: db.migrate\n"
+                       "    with: {file: migrations/production_messaging_system.sql, "
+                       "lock_timeout: 5 parsecs}\n",
+                       ["plan.yaml:8:", "not a PostgreSQL duration"]),
     "missing-file": (LOCAL_HEADER + "  - id: m\n    kind: db.migrate\n"
                      "    with: {file: migrations/nope.sql}\n",
                      ["plan.yaml:8:", "does not exist"]),
@@ -113,4 +117,31 @@ def test_every_plan_in_the_repo_is_valid(cli: Cli) -> None:
            "SUPABASE_SERVICE_ROLE_KEY": "service.role.key", "SUPABASE_JWT_SECRET": "s" * 40}
     for plan in sorted(Path("plans").glob("*.yaml")):
         result = cli.run("plan", str(plan), "--json", **env)
-        assert result.returncode == 0, (plan, result.stderr)
+        # Valid; a Supabase plan then reads its target, which is not there: exit 6, the cause.
+        if "supabase" in plan.read_text():
+            assert result.returncode == 6 and "cannot read the supabase target" in \
+                result.stderr, (plan, result.stderr)
+        else:
+            assert result.returncode == 0, (plan, result.stderr)
+
+
+@pytest.mark.parametrize("kind", ["binary", "directory", "unreadable"])
+def test_unreadable_plan_path_is_one_line_exit_2(kind: str, cli: Cli, tmp_path: Path) -> None:
+    import os
+
+    path = tmp_path / "plan.yaml"
+    if kind == "binary":
+        path.write_bytes(bytes(range(256)) * 4)
+    elif kind == "directory":
+        path.mkdir()
+    else:
+        path.write_text(LOCAL_HEADER)
+        path.chmod(0)
+        if os.geteuid() == 0:
+            pytest.skip("root reads any file")
+    for command in ("plan", "apply", "status"):
+        result = cli.run(command, str(path))
+        assert result.returncode == 2, (command, result.stdout, result.stderr)
+        assert "Traceback" not in result.stderr and "internal error" not in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert str(path) in result.stderr

@@ -25,7 +25,10 @@ def test_production_plan_prints_every_step_and_no_secret(cli: Cli) -> None:
     for args in (["plan", "plans/production.yaml"], ["plan", "plans/production.yaml", "--json"],
                  ["apply", "plans/production.yaml", "--dry-run"]):
         result = cli.run(*args, **PRODUCTION_ENV)
-        assert result.returncode == 0, result.stderr
+        # Every step shown, then the truth: the target cannot be read (exit 6, its cause).
+        assert result.returncode == 6, result.stderr
+        assert "cannot read the supabase target" in result.stderr
+        assert "adoption-gate" in result.stdout and "pending" not in result.stdout
         for secret in SECRETS:
             assert secret not in result.stdout + result.stderr, (args, secret)
     steps = json.loads(cli.run("plan", "plans/production.yaml", "--json",
@@ -46,10 +49,17 @@ def test_production_apply_without_a_terminal_needs_yes(cli: Cli) -> None:
 def test_production_plan_names_missing_variables(cli: Cli) -> None:
     env = {k: v for k, v in cli.env.items() if not k.startswith("SUPABASE_")}
     cli.env = env
+    env.pop("DATABASE_URL", None)
     result = cli.run("plan", "plans/production.yaml")
     assert result.returncode == 2
-    assert "SUPABASE_PROJECT_REF is not set" in result.stderr
+    # Every missing variable in one go, each with where the plan uses it.
+    for name in ("SUPABASE_PROJECT_REF", "DATABASE_URL", "SUPABASE_URL", "SUPABASE_ACCESS_TOKEN",
+                 "SUPABASE_ANON_KEY", "SUPABASE_SERVICE_ROLE_KEY", "SUPABASE_JWT_SECRET"):
+        assert name in result.stderr, (name, result.stderr)
+    assert "7 environment variable(s) not set" in result.stderr
     assert "production.yaml:" in result.stderr
+    # A target's endpoints and credentials never get a default suggested.
+    assert ":-" not in result.stderr
 
 
 def test_transaction_pooler_is_refused(cli: Cli) -> None:

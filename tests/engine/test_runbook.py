@@ -63,6 +63,12 @@ def test_second_apply_has_nothing_to_do(cli: Cli) -> None:
     statuses = {s["step_id"]: s["status"] for s in json.loads(second.stdout)["steps"]}
     assert statuses["migrate"] == "already-applied"
     assert statuses["deploy-functions"] == "already-applied"
+    # Nothing pending changes nothing: no backup, no window, no announcement, no checks.
+    for step in ("backup", "maintenance-on", "maintenance-off", "announce", "smoke"):
+        assert statuses[step] == "skipped", (step, statuses[step])
+    assert cli.one("select count(*) from rollout.maintenance_lease") == 1  # the first run's
+    assert cli.one("select message from rollout.runs order by started_at desc limit 1") == \
+        "nothing to do: every step is applied"
     after = snapshot(cli)
     assert before["policies"] == after["policies"]
     assert before["functions"] == after["functions"]

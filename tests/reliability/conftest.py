@@ -190,8 +190,8 @@ def diff(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
 
 
 def maintenance_on(cli: Cli) -> bool:
-    return bool(cli.one("select count(*) from pg_policies "
-                        "where policyname like 'rollout_maintenance_%%'"))
+    return bool(cli.one("select count(*) from pg_trigger "
+                        "where tgname = 'rollout_maintenance_guard'"))
 
 
 def journal_problems(cli: Cli, plan: str = PLAN) -> list[str]:

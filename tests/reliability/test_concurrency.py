@@ -186,7 +186,7 @@ def test_rollback_while_an_apply_runs_is_refused_naming_the_holder(cli: Cli) -> 
     run = hooked(cli, "started:migrate", "apply", PLAN)
     run.reached()
     refused = cli.run("rollback", PLAN)
-    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert refused.returncode == 5, refused.stdout + refused.stderr  # refused: locked
     assert "locked by run" in refused.stderr and "pytest@" in refused.stderr
     assert cli.one("select count(*) from rollout.runs where command = 'rollback'") == 0
     run.go()

