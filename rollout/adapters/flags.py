@@ -90,6 +90,12 @@ def set_flag(url: str, name: str, percentage: int, *, actor: str, reason: str | 
     return FlagChange(name, before, percentage, users_in, total)
 
 
+def kill(url: str, name: str, *, actor: str, reason: str) -> FlagChange:
+    """The kill switch: the flag to 0 % at once (always allowed, audited with the reason).
+    `rollout flag kill` and a ramp's breached guard both come through here."""
+    return set_flag(url, name, 0, actor=actor, reason=reason, allow_decrease=True)
+
+
 def history(url: str, name: str, limit: int = 50) -> list[dict[str, Any]]:
     with connect(url) as conn:
         cur = conn.execute(

@@ -285,7 +285,7 @@ class Engine:
         step = planned.step
         self.emit(StepStarted(step.id, step.kind, "apply", step.describe()))
         journal.step_event(run_id, step.id, step.kind, "apply", "running")
-        ctx = self._context(run_id, operator, options, step.id)
+        ctx = self._context(run_id, operator, options, step.id, planned)
         began = time.monotonic()
         detail: dict[str, Any] | None = None
         try:
@@ -443,7 +443,7 @@ class Engine:
         return self.plan.steps[start:end]
 
     def _context(self, run_id: str, operator: str, options: Options | None,
-                 step_id: str) -> StepContext:
+                 step_id: str, planned: PlannedStep | None = None) -> StepContext:
         artifacts = state_dir() / "runs" / run_id
         approver = options.approver if options else None
         ctx = StepContext(
@@ -455,8 +455,25 @@ class Engine:
             extra={"slack_webhook_url": self.plan.model.notifications.slack_webhook_url,
                    "maintenance_since": self._maintenance_since(run_id)},
         )
+        if planned is not None:  # applying: long steps may checkpoint and resume
+            ctx.checkpoint = lambda detail, milestone: self._checkpoint(run_id, planned, detail,
+                                                                        milestone)
+            state = self._journal().states(self.plan.environment).get(step_id)
+            if options and options.resume and state and state.run_id == run_id \
+                    and state.status == "partial":
+                ctx.resume_detail = state.detail
         artifacts.mkdir(parents=True, exist_ok=True)
         return ctx
+
+    def _checkpoint(self, run_id: str, planned: PlannedStep, detail: dict[str, Any],
+                    milestone: bool) -> None:
+        """A running step's progress as its partial state (rollback undoes it, --resume
+        continues it); a milestone is also a `checkpoint` event in the run's history."""
+        journal, step = self._journal(), planned.step
+        journal.set_state(self.plan.environment, step.id, step.kind, "partial",
+                          fingerprint(planned), run_id, detail)
+        if milestone:
+            journal.step_event(run_id, step.id, step.kind, "apply", "checkpoint", None, detail)
 
     def _maintenance_since(self, run_id: str) -> str | None:
         """When this run opened the maintenance window (from the journal: survives a crash)."""

@@ -7,12 +7,13 @@ from rollout.steps.edge import EdgeDeploy, EdgeSecrets
 from rollout.steps.flags import FlagsSet
 from rollout.steps.gates import GateAnalysis, GateApproval, GatePause
 from rollout.steps.notify import Notify
+from rollout.steps.ramp import FlagsRamp
 from rollout.steps.schedule import CronSchedule
 
 KINDS: dict[str, type[Step]] = {
     kind.kind: kind
     for kind in (DbBackup, DbMaintenance, DbMigrate, DbVerify, DbSeed, EdgeDeploy, EdgeSecrets,
-                 CronSchedule, FlagsSet, GateApproval, GatePause, GateAnalysis, Notify,
+                 CronSchedule, FlagsSet, FlagsRamp, GateApproval, GatePause, GateAnalysis, Notify,
                  CheckSmoke, CheckLoad)
 }
 

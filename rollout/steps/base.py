@@ -49,6 +49,11 @@ class StepContext:
     progress: Callable[[str, float | None], None] = lambda message, fraction: None
     wait_for_approval: Callable[[str, str, float], str] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    checkpoint: Callable[[Detail, bool], None] = lambda detail, milestone: None
+    """A long step's progress, journaled as its (partial) state so `rollback` can undo it and
+    `--resume` continue it; `milestone` also records a `checkpoint` step event."""
+    resume_detail: Detail | None = None
+    """On `--resume`: the last checkpoint this run journaled for the step, else None."""
 
     def path(self, relative: str) -> Path:
         return self.root / relative
@@ -104,6 +109,10 @@ class Step:
 
     def rollback(self, ctx: StepContext, detail: Detail) -> Detail:
         return {"undone": False, "reason": "nothing to undo"}
+
+    def status_line(self, detail: Detail) -> str | None:
+        """One line for `rollout status` about this step's journaled state (None: nothing)."""
+        return None
 
     def fingerprint(self) -> str:
         """What identifies this step's effect; a changed fingerprint means 'apply again'."""

@@ -101,13 +101,35 @@ class GateApproval(Step):
         return {"approved_by": approver}
 
 
-class AnalysisParams(Params):
-    """Poll a measurement until it proves the condition, as Argo Rollouts' AnalysisRun does."""
+class Measured(Params):
+    """Where one number comes from: SQL or HTTP (gate.analysis and a ramp's guards)."""
+
+    SOURCES: ClassVar[tuple[str, ...]] = ("query", "url")
 
     query: str | None = Field(None, description="SQL returning one number (service connection).")
     url: str | None = Field(None, description="HTTP GET; the measurement is the status code, "
                                               "or `json_field` of the JSON body.")
     json_field: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Measured:
+        given = [name for name in self.SOURCES if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of {' or '.join(f'`{s}`' for s in self.SOURCES)}")
+        return self
+
+
+def measure(params: Measured, db_url: str) -> float:
+    """One measurement of a SQL or HTTP source (raises when there is no number)."""
+    if params.query:
+        return probes.sql_number(db_url, params.query)
+    assert params.url is not None
+    return probes.http_number(params.url, params.json_field)
+
+
+class AnalysisParams(Measured):
+    """Poll a measurement until it proves the condition, as Argo Rollouts' AnalysisRun does."""
+
     success: str = Field(description="Condition on the measurement, e.g. '>= 0.5'.")
     failure: str | None = Field(None, description="Condition that counts as a failed measurement.")
     interval: str | float = "30s"
@@ -119,12 +141,6 @@ class AnalysisParams(Params):
 
     _durations = field_validator("interval", "timeout")(check_duration)
     _conditions = field_validator("success", "failure")(check_condition)
-
-    @model_validator(mode="after")
-    def _one_source(self) -> AnalysisParams:
-        if (self.query is None) == (self.url is None):
-            raise ValueError("give exactly one of `query` or `url`")
-        return self
 
 
 class GateAnalysis(Step):
@@ -140,13 +156,6 @@ class GateAnalysis(Step):
         source = "SQL" if p.query else f"GET {p.url}"
         return f"wait until {source} {p.success} ({p.count}x, every {p.interval}, ≤{p.timeout})"
 
-    def measure(self, ctx: StepContext) -> float:
-        p = self.params
-        if p.query:
-            return probes.sql_number(ctx.target.db_url, p.query)
-        assert p.url is not None
-        return probes.http_number(p.url, p.json_field)
-
     def apply(self, ctx: StepContext) -> Detail:
         p = self.params
         deadline = time.monotonic() + seconds(p.timeout)
@@ -154,7 +163,7 @@ class GateAnalysis(Step):
         measurements: list[float | str] = []
         while True:
             try:
-                value: float | str = self.measure(ctx)
+                value: float | str = measure(p, ctx.target.db_url)
             except Exception as err:  # noqa: BLE001 — an error is a failed measurement
                 value = f"error: {err}"
             measurements.append(value)
