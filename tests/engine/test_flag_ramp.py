@@ -9,6 +9,7 @@ told, the exit code is 1. A clean ramp reaches 100 % with every user who was in 
 from __future__ import annotations
 
 import json
+import signal
 import time
 import uuid
 from collections.abc import Callable
@@ -202,3 +203,31 @@ def test_a_clean_ramp_reaches_100_and_keeps_everyone_who_was_in(cli: Cli,
     assert all(isinstance(g["last"], float) for g in state["guards"].values()), state
     status = cli.run("status", str(plan), "--json")
     assert json.loads(status.stdout)["steps"]["ramp"]["status"] == "applied"
+
+
+def test_an_interrupted_ramp_resumes_from_the_step_reached(cli: Cli, tmp_path: Path) -> None:
+    plan = write_plan(tmp_path, LOCAL_HEADER + SETUP + """
+  - id: ramp
+    kind: flags.ramp
+    with:
+      steps: [5, 25, 100]
+      dwell: 3s
+      guards:
+        - {source: pending-reports, failure: "> 20", interval: 1s}
+""")
+    proc = cli.spawn("apply", str(plan))
+    wait_for(lambda: percentage(cli) >= 25)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, out + err
+    assert percentage(cli) == 25
+
+    status = cli.run("status", str(plan))
+    assert "ramp: messaging_v2_enabled at 25% (step 2/3)" in status.stdout, status.stdout
+    assert "next raise" in status.stdout and "pending-reports=0.0" in status.stdout
+
+    resumed = cli.run("apply", str(plan), "--resume", timeout=180)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert [to for _, to, _, _ in audit(cli)] == [5, 25, 100]  # 5 and 25 not raised again
+    final = cli.one("select detail from rollout.step_state where step_id = 'ramp'")
+    assert final["resumed"] == 1 and final["set"] == 100 and final["from"] == 0
