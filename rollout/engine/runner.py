@@ -41,6 +41,7 @@ from rollout.engine.plan import Plan, PlannedStep
 from rollout.errors import RollbackFailed, RolloutError, StepFailed, UsageError
 from rollout.paths import project_root, state_dir
 from rollout.steps import StepContext
+from rollout.steps.base import Background
 
 APPROVAL_POLL_SECONDS = 1.0
 UNDOABLE = ("applied", "partial")  # step states `rollback` undoes
@@ -108,6 +109,7 @@ class Engine:
         self.root = project_root()
         self.journal: Journal | None = None
         self.results: list[StepFinished] = []
+        self._watches: list[Background] = []  # background analyses of the running apply
 
     # ---- events ----------------------------------------------------------------------------
 
@@ -244,7 +246,12 @@ class Engine:
                 detail, error = self._run_step(run_id, planned, operator, options)
                 if error is None:
                     applied_here.append((planned, detail))
-                    continue
+                    watched = self._watch_verdicts(run_id, step.id)
+                    if watched is None:
+                        continue
+                    # A background analysis failed: the run stops after this step.
+                    planned, error = watched
+                    step = planned.step
                 failures.append(f"{step.id}: {error}")
                 if planned.on_failure == "continue":
                     continue
@@ -262,6 +269,8 @@ class Engine:
                 break
             else:
                 status, exit_code, message = "succeeded", 0, ""
+                if watched_to_the_end := self._watch_verdicts(run_id, None):
+                    failures.append(f"{watched_to_the_end[0].step.id}: {watched_to_the_end[1]}")
                 if failures:
                     status, exit_code = "failed", 1
                     message = "completed with failures: " + "; ".join(failures)
@@ -272,6 +281,7 @@ class Engine:
         except KeyboardInterrupt:
             status, exit_code, message = "interrupted", 1, "interrupted by the operator"
         finally:
+            self._watch_verdicts(run_id, None)  # nothing watches past the run
             self._lift_maintenance_unless(status == "succeeded")
             journal.set_run_status(run_id, status, message or None)
         self.emit(RunFinished(run_id, "apply", status, exit_code, time.monotonic() - began,
@@ -458,12 +468,39 @@ class Engine:
         if planned is not None:  # applying: long steps may checkpoint and resume
             ctx.checkpoint = lambda detail, milestone: self._checkpoint(run_id, planned, detail,
                                                                         milestone)
+            ctx.background = self._watches.append
             state = self._journal().states(self.plan.environment).get(step_id)
             if options and options.resume and state and state.run_id == run_id \
                     and state.status == "partial":
                 ctx.resume_detail = state.detail
         artifacts.mkdir(parents=True, exist_ok=True)
         return ctx
+
+    def _watch_verdicts(self, run_id: str,
+                        finished: str | None) -> tuple[PlannedStep, str] | None:
+        """After step `finished` (None: the run ends): end the background analyses that failed
+        or whose `until` step is done, journaling each verdict as a `watch` event of its step.
+        Returns the first failed one's step and error."""
+        done = None if finished is None else self.plan.index(finished)
+        failed: tuple[PlannedStep, str] | None = None
+        for watch in list(self._watches):
+            failure = watch.failure()
+            ends = done is None or (watch.until is not None
+                                    and done >= self.plan.index(watch.until))
+            if failure is None and not ends:
+                continue
+            self._watches.remove(watch)
+            detail = watch.stop()
+            failure = failure or watch.failure()
+            status = "failed" if failure else "succeeded"
+            error = f"background analysis failed: {failure}" if failure else None
+            self._journal().step_event(run_id, watch.step_id, watch.kind, "watch", status,
+                                       None, detail, error=error)
+            self.emit(StepFinished(watch.step_id, watch.kind, "watch", status, 0.0,
+                                   summarize(detail), detail, error))
+            if error and failed is None:
+                failed = (self.plan.steps[self.plan.index(watch.step_id)], error)
+        return failed
 
     def _checkpoint(self, run_id: str, planned: PlannedStep, detail: dict[str, Any],
                     milestone: bool) -> None:

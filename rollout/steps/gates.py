@@ -138,9 +138,20 @@ class AnalysisParams(Measured):
     timeout: str | float = "1h"
     inconclusive: Literal["ask", "fail"] = Field(
         "ask", description="At timeout with neither verdict: ask a person, or fail.")
+    background: bool = Field(False, description="Watch while the next steps run (Argo's "
+                                                "background analysis); a failure stops the run "
+                                                "after the step running then.")
+    until: str | None = Field(None, description="With `background`: the last step watched "
+                                                "(default: to the end of the run).")
 
     _durations = field_validator("interval", "timeout")(check_duration)
     _conditions = field_validator("success", "failure")(check_condition)
+
+    @model_validator(mode="after")
+    def _until_in_background(self) -> AnalysisParams:
+        if self.until is not None and not self.background:
+            raise ValueError("`until` is for a `background: true` analysis")
+        return self
 
 
 class GateAnalysis(Step):
@@ -154,10 +165,26 @@ class GateAnalysis(Step):
     def describe(self) -> str:
         p = self.params
         source = "SQL" if p.query else f"GET {p.url}"
+        if p.background:
+            return (f"watch {source} {p.success} in the background until "
+                    f"{p.until or 'the end of the run'} (every {p.interval}, "
+                    f"≤{p.failure_limit} failed)")
         return f"wait until {source} {p.success} ({p.count}x, every {p.interval}, ≤{p.timeout})"
+
+    def later_steps(self) -> list[str]:
+        return [self.params.until] if self.params.until else []
 
     def apply(self, ctx: StepContext) -> Detail:
         p = self.params
+        if p.background:
+            from rollout.steps.background import Watch  # it builds on this module
+
+            if ctx.background is None:
+                raise StepFailed("this run cannot watch in the background")
+            watch = Watch(self.id, p, ctx.target.db_url)
+            ctx.background(watch)
+            watch.start()
+            return {"background": True, "until": p.until}
         deadline = time.monotonic() + seconds(p.timeout)
         successes = failures = 0
         measurements: list[float | str] = []
