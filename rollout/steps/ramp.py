@@ -113,12 +113,12 @@ class FlagsRamp(Step):
                                     reason=f"ramp {self.id}: step {index + 1}/{len(p.steps)}",
                                     allow_decrease=False)
             detail.update(users_in=change.users_in, users_total=change.users_total)
-        detail.update(index=index, step=f"{index + 1}/{len(p.steps)}", set=max(current, target))
+        detail.update(index=index, reached=f"{index + 1}/{len(p.steps)}", set=max(current, target))
         last = index == len(p.steps) - 1
         detail["next_raise_at"] = None if last else (
             _now() + timedelta(seconds=seconds(p.dwell))).isoformat(timespec="milliseconds")
         ctx.checkpoint(detail, True)
-        ctx.progress(f"{p.flag} at {detail['set']}% (step {detail['step']})"
+        ctx.progress(f"{p.flag} at {detail['set']}% (step {detail['reached']})"
                      + ("" if last else f", next raise at {detail['next_raise_at']}"),
                      (index + 1) / len(p.steps))
 
@@ -157,7 +157,7 @@ class FlagsRamp(Step):
 
     def _breach_text(self, guard: Guard, detail: Detail) -> str:
         values = ", ".join(map(str, guard.failing_values()))
-        at = f"{detail['set']}% (step {detail['step']})" if detail.get("step") else \
+        at = f"{detail['set']}% (step {detail['reached']})" if detail.get("reached") else \
             f"{detail['from']}% (before the first raise)"
         return (f"guard {guard.name} breached at {at}: {guard.failures} consecutive failed "
                 f"measurement(s) [{values}] (fails when {guard.params.failure})")
@@ -171,7 +171,7 @@ class FlagsRamp(Step):
         detail.setdefault("guards", {})[guard.name] = guard.state()
         detail["breach"] = {"guard": guard.name, "values": guard.failing_values(),
                             "failure": guard.params.failure, "reached": detail.get("set"),
-                            "step": detail.get("step"), "killed_from": change.before}
+                            "reached_step": detail.get("reached"), "killed_from": change.before}
         detail["next_raise_at"] = None
         ctx.checkpoint(detail, True)
         raise StepFailed(f"{why}; {p.flag} killed: {change.before}% → 0%", partial=detail)
@@ -220,7 +220,7 @@ class FlagsRamp(Step):
         if not detail.get("flag"):
             return None
         parts = [f"{detail['flag']} at {detail.get('set') or detail.get('from')}%"
-                 + (f" (step {detail['step']})" if detail.get("step") else "")]
+                 + (f" (step {detail['reached']})" if detail.get("reached") else "")]
         if detail.get("next_raise_at"):
             parts.append(f"next raise {detail['next_raise_at']}")
         if detail.get("held"):

@@ -9,6 +9,7 @@ told, the exit code is 1. A clean ramp reaches 100 % with every user who was in 
 from __future__ import annotations
 
 import json
+import re
 import signal
 import time
 import uuid
@@ -203,6 +204,10 @@ def test_a_clean_ramp_reaches_100_and_keeps_everyone_who_was_in(cli: Cli,
     assert all(isinstance(g["last"], float) for g in state["guards"].values()), state
     status = cli.run("status", str(plan), "--json")
     assert json.loads(status.stdout)["steps"]["ramp"]["status"] == "applied"
+    report = re.search(r"release report: (\S+)", out)
+    assert report, out
+    flags = json.loads(Path(report.group(1)).with_suffix(".json").read_text())["flags"]
+    assert [(f["step"], f["from"], f["set"]) for f in flags] == [("ramp", 0, 100)]
 
 
 def test_an_interrupted_ramp_resumes_from_the_step_reached(cli: Cli, tmp_path: Path) -> None:

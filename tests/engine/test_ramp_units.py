@@ -246,7 +246,7 @@ def test_resume_continues_from_the_step_reached_guards_first(monkeypatch: pytest
         return original(*args, **kwargs)
 
     monkeypatch.setattr(store, "set_flag", traced)
-    resume = {"flag": "f", "from": 0, "set": 25, "index": 1, "step": "2/4",
+    resume = {"flag": "f", "from": 0, "set": 25, "index": 1, "reached": "2/4",
               "next_raise_at": "2000-01-01T00:00:00+00:00", "holds": 0}
     detail = make([5, 25, 50, 100], [REPORTS]).apply(context(Recorder(), resume))
     assert [to for _, to, _ in store.audit] == [50, 100]
@@ -278,7 +278,7 @@ def test_rollback_restores_only_what_the_ramp_set(store: FakeFlags) -> None:
 
 def test_status_line_names_step_next_raise_and_guards() -> None:
     line = make([5, 25], []).status_line({
-        "flag": "f", "set": 5, "step": "1/2", "next_raise_at": "2026-12-01T10:00:00+00:00",
+        "flag": "f", "set": 5, "reached": "1/2", "next_raise_at": "2026-12-01T10:00:00+00:00",
         "guards": {"rpc": {"last": 0.001, "failures": 0, "limit": 2, "failure": "> 0.005"}}})
     assert line is not None
     assert "f at 5% (step 1/2)" in line and "next raise 2026-12-01T10:00:00" in line
