@@ -236,3 +236,38 @@ def test_an_interrupted_ramp_resumes_from_the_step_reached(cli: Cli, tmp_path: P
     assert [to for _, to, _, _ in audit(cli)] == [5, 25, 100]  # 5 and 25 not raised again
     final = cli.one("select detail from rollout.step_state where step_id = 'ramp'")
     assert final["resumed"] == 1 and final["set"] == 100 and final["from"] == 0
+
+
+def test_an_inconclusive_guard_holds_the_ramp_until_a_person_approves(cli: Cli,
+                                                                     tmp_path: Path) -> None:
+    plan = write_plan(tmp_path, LOCAL_HEADER + SETUP + """
+  - id: faults-table
+    kind: db.seed
+    with: {file: tests/fixtures/ramp_faults.sql}
+  - id: ramp
+    kind: flags.ramp
+    with:
+      steps: [5, 25, 100]
+      dwell: 3s
+      guards:
+        - {name: faults, query: select count(*) from public.ramp_faults, failure: "> 0",
+           interval: 0.5s}
+""")
+    proc = cli.spawn("apply", str(plan))
+    wait_for(lambda: percentage(cli) >= 25)
+    cli.sql("alter table public.ramp_faults rename to ramp_faults_away")  # the query fails
+    wait_for(lambda: "HELD" in cli.run("status", str(plan)).stdout)
+    status = cli.run("status", str(plan)).stdout
+    assert "HELD: guard faults is inconclusive" in status and "does not exist" in status
+    assert proc.poll() is None and percentage(cli) == 25  # held where it was
+
+    cli.sql("alter table public.ramp_faults_away rename to ramp_faults")
+    run_id = cli.one("select id::text from rollout.runs order by started_at desc limit 1")
+    approved = cli.run("approve", str(plan), run_id[:8], "ramp.hold-1")
+    assert approved.returncode == 0, approved.stderr
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 0, out + err
+    assert "rollout approve" in out + err and "ramp.hold-1" in out + err
+    assert [to for _, to, _, _ in audit(cli)] == [5, 25, 100]
+    final = cli.one("select detail from rollout.step_state where step_id = 'ramp'")
+    assert final["approvals"][0]["by"] == "pytest" and final["held"] is None
