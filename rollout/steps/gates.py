@@ -155,7 +155,8 @@ class AnalysisParams(Measured):
 
 
 class GateAnalysis(Step):
-    """Polls a measurement (SQL or HTTP) until its success condition holds, Argo-style."""
+    """Polls a measurement (SQL or HTTP) until its success condition holds, Argo-style (or
+    watches it in the background of later steps: `background: true`, `until: STEP`)."""
 
     kind: ClassVar[str] = "gate.analysis"
     Params = AnalysisParams
