@@ -40,8 +40,7 @@ from rollout.engine.journal import EnvironmentLock, Journal, RunInfo, StepState
 from rollout.engine.plan import Plan, PlannedStep
 from rollout.errors import RollbackFailed, RolloutError, StepFailed, UsageError
 from rollout.paths import project_root, state_dir
-from rollout.steps import StepContext
-from rollout.steps.base import Background
+from rollout.steps import Background, StepContext
 
 APPROVAL_POLL_SECONDS = 1.0
 UNDOABLE = ("applied", "partial")  # step states `rollback` undoes
@@ -469,9 +468,9 @@ class Engine:
             ctx.checkpoint = lambda detail, milestone: self._checkpoint(run_id, planned, detail,
                                                                         milestone)
             ctx.background = self._watches.append
-            state = self._journal().states(self.plan.environment).get(step_id)
-            if options and options.resume and state and state.run_id == run_id \
-                    and state.status == "partial":
+            state = self._journal().states(self.plan.environment).get(step_id) \
+                if options and options.resume else None
+            if state and state.run_id == run_id and state.status == "partial":
                 ctx.resume_detail = state.detail
         artifacts.mkdir(parents=True, exist_ok=True)
         return ctx

@@ -1,6 +1,6 @@
 """Step kinds, by name. Each module owns one family; `KINDS` is the registry plans use."""
 
-from rollout.steps.base import Step, StepContext
+from rollout.steps.base import Background, Step, StepContext
 from rollout.steps.checks import CheckLoad, CheckSmoke
 from rollout.steps.db import DbBackup, DbMaintenance, DbMigrate, DbSeed, DbVerify
 from rollout.steps.edge import EdgeDeploy, EdgeSecrets
@@ -17,4 +17,4 @@ KINDS: dict[str, type[Step]] = {
                  CheckSmoke, CheckLoad)
 }
 
-__all__ = ["KINDS", "Step", "StepContext"]
+__all__ = ["KINDS", "Background", "Step", "StepContext"]
