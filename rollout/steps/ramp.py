@@ -83,11 +83,7 @@ class FlagsRamp(Step):
         guards = [Guard(g, ctx.target) for g in p.guards]
         detail: Detail = dict(ctx.resume_detail or {})
         if detail:
-            current = flags.get_flag(url, p.flag).percentage
-            if current != detail.get("set"):
-                raise StepFailed(f"{p.flag} is at {current}%, not the {detail.get('set')}% this "
-                                 "ramp set before it was interrupted: changed meanwhile, so the "
-                                 "ramp does not go on", partial=detail)
+            self._unchanged(url, detail, "before it was interrupted")
             detail.update(resumed=int(detail.get("resumed", 0)) + 1, held=None)
             ctx.progress(f"resuming at {detail['set']}%: guards first", None)
         else:
@@ -103,11 +99,21 @@ class FlagsRamp(Step):
         detail["next_raise_at"] = None
         return detail
 
+    def _unchanged(self, url: str, detail: Detail, since: str) -> int:
+        """The flag's percentage, if it still holds what this ramp set; a change from outside
+        (a kill by on-call, a hand-set value) stops the ramp: it never raises over a person."""
+        current = flags.get_flag(url, self.params.flag).percentage
+        if detail.get("set") is not None and current != detail["set"]:
+            raise StepFailed(f"{self.params.flag} is at {current}%, not the {detail['set']}% "
+                             f"this ramp set {since}: changed from outside (a kill?), so the "
+                             "ramp stops here", partial=detail)
+        return current
+
     def _raise(self, ctx: StepContext, detail: Detail, index: int) -> None:
         p = self.params
         target = p.steps[index]
-        current = flags.get_flag(ctx.target.db_url, p.flag).percentage
-        if current < target:  # never lower: someone may have raised it by hand
+        current = self._unchanged(ctx.target.db_url, detail, "at its last step")
+        if current < target:  # never lower: someone may have raised it before the ramp
             change = flags.set_flag(ctx.target.db_url, p.flag, target,
                                     actor=f"{ctx.operator} (run {ctx.run_id[:8]})",
                                     reason=f"ramp {self.id}: step {index + 1}/{len(p.steps)}",

@@ -258,9 +258,28 @@ def test_resume_refuses_a_flag_changed_meanwhile(monkeypatch: pytest.MonkeyPatch
                                                  store: FakeFlags) -> None:
     scripted(monkeypatch, [0])
     resume = {"flag": "f", "from": 0, "set": 25, "index": 1, "next_raise_at": None}
-    with pytest.raises(StepFailed, match="changed meanwhile"):
+    with pytest.raises(StepFailed, match="changed from outside"):
         make([5, 25, 100], [REPORTS]).apply(context(Recorder(), resume))
     assert store.audit == []
+
+
+def test_a_kill_during_the_ramp_is_never_raised_over(monkeypatch: pytest.MonkeyPatch,
+                                                     store: FakeFlags) -> None:
+    calls: list[str] = []
+
+    def build(target: Any, options: Any) -> guard_sources.Measure:
+        def measure() -> float:
+            calls.append("measure")
+            if len(calls) == 3:  # on-call kills the flag by hand during the first dwell
+                store.kill("url", "f", actor="oncall", reason="by hand")
+            return 0.0
+        return measure
+
+    monkeypatch.setitem(guard_sources.SOURCES, "pending-reports",
+                        guard_sources.Source(guard_sources.ReportOptions, build))
+    with pytest.raises(StepFailed, match="is at 0%, not the 5%"):
+        make([5, 25, 100], [REPORTS]).apply(context(Recorder()))
+    assert [to for _, to, _ in store.audit] == [5, 0]
 
 
 def test_rollback_restores_only_what_the_ramp_set(store: FakeFlags) -> None:
