@@ -150,6 +150,11 @@ def audit_table(url: str) -> str | None:
                 return name
     return None
 
+def kill(url: str, name: str, *, actor: str, reason: str) -> FlagChange:
+    """The kill switch: the flag to 0 % at once (always allowed, audited with the reason).
+    `rollout flag kill` and a ramp's breached guard both come through here."""
+    return set_flag(url, name, 0, actor=actor, reason=reason, allow_decrease=True)
+
 
 def history(url: str, name: str, limit: int = 50) -> list[dict[str, Any]]:
     """The flag's audit, newest first; read from the archive after a rollback."""

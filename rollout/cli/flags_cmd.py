@@ -93,8 +93,11 @@ def _change(url: str, name: str, percentage: int, reason: str | None, allow_decr
     from rollout.engine.runner import operator_name
 
     who = operator_name()
-    change = flags.set_flag(url, name, percentage, actor=who, reason=reason,
-                            allow_decrease=allow_decrease)
+    if verb == "killed":
+        change = flags.kill(url, name, actor=who, reason=reason or "kill switch")
+    else:
+        change = flags.set_flag(url, name, percentage, actor=who, reason=reason,
+                                allow_decrease=allow_decrease)
     if json_output:
         _print_json({"environment": plan.environment, "flag": change.name, "from": change.before,
                      "to": change.after, "users_in": change.users_in,

@@ -388,6 +388,11 @@ def status(plan: str = PLAN_OR_ENV, json_output: bool = JSON_OPT) -> None:
                      f"run {state.run_id}" if state else ""))
     table_or_blocks(out, loaded.environment, ["step", "kind", "state", "updated", "run"], rows)
     _print_drifts(drifts)
+    for planned in loaded.steps:  # long steps (a flag ramp) say where they stand
+        state = states.get(planned.spec.id)
+        line = planned.step.status_line(state.detail) if state else None
+        if line:
+            out.print(f"{planned.spec.id}: {line}", soft_wrap=True)
     if runs:
         run = runs[0]
         out.print(f"last run {run.id}: {run.command} {run.status} by {run.operator}@"

@@ -177,6 +177,12 @@ def load_plan(path: Path, environ: Mapping[str, str] | None = None,
         steps.append(PlannedStep(spec=spec, step=kind(spec.id, params),
                                  enabled=_truthy(spec.when, source, (*loc, "when")),
                                  on_failure=spec.on_failure or model.on_failure))
+    ids = [p.spec.id for p in steps]
+    for i, planned in enumerate(steps):
+        for later in planned.step.later_steps():
+            if later not in ids[i + 1:]:
+                raise PlanError(f"{source.where(('steps', i, 'with'))}: step {planned.spec.id} "
+                                f"names {later!r}, which is not a later step of this plan")
     checksum = hashlib.sha256(path.read_bytes()).hexdigest()
     return Plan(model=model, path=path, checksum=checksum, secrets=source.secrets, steps=steps,
                 root=root)

@@ -54,7 +54,7 @@ from rollout.errors import (
     UsageError,
 )
 from rollout.paths import project_root, state_dir
-from rollout.steps import StepContext
+from rollout.steps import Background, StepContext
 
 APPROVAL_POLL_SECONDS = 1.0
 UNDOABLE = ("applied", "partial")  # step states `rollback` undoes
@@ -126,6 +126,7 @@ class Engine:
         self.warnings: list[str] = []
         self.refused = False
         self.unreachable: TargetUnreachable | None = None
+        self._watches: list[Background] = []  # background analyses of the running apply
 
     # ---- events ----------------------------------------------------------------------------
 
@@ -310,7 +311,12 @@ class Engine:
                 detail, error = self._run_step(run_id, planned, operator, options)
                 if error is None:
                     applied_here.append((planned, detail))
-                    continue
+                    watched = self._watch_verdicts(run_id, step.id)
+                    if watched is None:
+                        continue
+                    # A background analysis failed: the run stops after this step.
+                    planned, error = watched
+                    step = planned.step
                 failures.append(f"{step.id}: {error}")
                 if planned.on_failure == "continue":
                     continue
@@ -329,6 +335,8 @@ class Engine:
             else:
                 status, exit_code = "succeeded", 0
                 message = "nothing to do: every step is applied" if idle else ""
+                if watched_to_the_end := self._watch_verdicts(run_id, None):
+                    failures.append(f"{watched_to_the_end[0].step.id}: {watched_to_the_end[1]}")
                 if failures:
                     status, exit_code = "failed", 1
                     message = "completed with failures: " + "; ".join(failures)
@@ -345,6 +353,7 @@ class Engine:
             status, exit_code = "interrupted", 1
             message = f"interrupted ({lock.stopped_by or interruption(err)})"
         finally:
+            self._watch_verdicts(run_id, None)  # nothing watches past the run
             self._close(run_id, status, message, status == "succeeded", f"run {status}")
         self.emit(RunFinished(run_id, "apply", status, exit_code, time.monotonic() - began,
                               message))
@@ -357,7 +366,7 @@ class Engine:
         step = planned.step
         self.emit(StepStarted(step.id, step.kind, "apply", step.describe()))
         journal.step_event(run_id, step.id, step.kind, "apply", "running")
-        ctx = self._context(run_id, operator, options, step.id)
+        ctx = self._context(run_id, operator, options, step.id, planned)
         began = time.monotonic()
         detail: dict[str, Any] | None = None
         try:
@@ -540,7 +549,7 @@ class Engine:
         return self.plan.steps[start:end]
 
     def _context(self, run_id: str, operator: str, options: Options | None,
-                 step_id: str) -> StepContext:
+                 step_id: str, planned: PlannedStep | None = None) -> StepContext:
         artifacts = state_dir() / "runs" / run_id
         approver = options.approver if options else None
         ctx = StepContext(
@@ -554,6 +563,14 @@ class Engine:
                    "first_attempt": self._first_attempt(run_id, step_id),
                    "session_pid": self.lock.pid if self.lock else None},
         )
+        if planned is not None:  # applying: long steps may checkpoint and resume
+            ctx.checkpoint = lambda detail, milestone: self._checkpoint(run_id, planned, detail,
+                                                                        milestone)
+            ctx.background = self._watches.append
+            state = self._journal().states(self.plan.environment).get(step_id) \
+                if options and options.resume else None
+            if state and state.run_id == run_id and state.status == "partial":
+                ctx.resume_detail = state.detail
         artifacts.mkdir(parents=True, exist_ok=True)
         return ctx
 
@@ -565,6 +582,42 @@ class Engine:
             if event["step_id"] == step_id and event["action"] == "apply":
                 return str(event["at"].isoformat())
         return None
+
+    def _watch_verdicts(self, run_id: str,
+                        finished: str | None) -> tuple[PlannedStep, str] | None:
+        """After step `finished` (None: the run ends): end the background analyses that failed
+        or whose `until` step is done, journaling each verdict as a `watch` event of its step.
+        Returns the first failed one's step and error."""
+        done = None if finished is None else self.plan.index(finished)
+        failed: tuple[PlannedStep, str] | None = None
+        for watch in list(self._watches):
+            failure = watch.failure()
+            ends = done is None or (watch.until is not None
+                                    and done >= self.plan.index(watch.until))
+            if failure is None and not ends:
+                continue
+            self._watches.remove(watch)
+            detail = watch.stop()
+            failure = failure or watch.failure()
+            status = "failed" if failure else "succeeded"
+            error = f"background analysis failed: {failure}" if failure else None
+            self._journal().step_event(run_id, watch.step_id, watch.kind, "watch", status,
+                                       None, detail, error=error)
+            self.emit(StepFinished(watch.step_id, watch.kind, "watch", status, 0.0,
+                                   summarize(detail), detail, error))
+            if error and failed is None:
+                failed = (self.plan.steps[self.plan.index(watch.step_id)], error)
+        return failed
+
+    def _checkpoint(self, run_id: str, planned: PlannedStep, detail: dict[str, Any],
+                    milestone: bool) -> None:
+        """A running step's progress as its partial state (rollback undoes it, --resume
+        continues it); a milestone is also a `checkpoint` event in the run's history."""
+        journal, step = self._journal(), planned.step
+        journal.set_state(self.plan.environment, step.id, step.kind, "partial",
+                          fingerprint(planned), run_id, detail)
+        if milestone:
+            journal.step_event(run_id, step.id, step.kind, "apply", "checkpoint", None, detail)
 
     def _maintenance_since(self, run_id: str) -> str | None:
         """When this run opened the maintenance window (from the journal: survives a crash)."""

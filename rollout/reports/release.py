@@ -171,7 +171,7 @@ def build(plan: Plan, target: Target, recorder: Recorder, masker: Masker, *, com
         backups=[{"step": s.step_id, "file": s.detail.get("file"),
                   "sha256": s.detail.get("sha256"), "bytes": s.detail.get("bytes")}
                  for s in _applied(steps, "db.backup")],
-        flags=[{"step": s.step_id, **s.detail} for s in _applied(steps, "flags.set")],
+        flags=[{"step": s.step_id, **s.detail} for s in _applied(steps, "flags.set", "flags.ramp")],
         smoke=[_smoke(s) for s in steps if s.kind == "check.smoke" and s.status != "skipped"],
         load=[section for s in steps if s.kind == "check.load"
               and (section := _load(s)) is not None],
@@ -186,8 +186,8 @@ def _whole(detail: dict[str, Any]) -> str:
                     for k, v in detail.items())
 
 
-def _applied(steps: list[StepFinished], kind: str) -> list[StepFinished]:
-    return [s for s in steps if s.kind == kind and s.action == "apply"
+def _applied(steps: list[StepFinished], *kinds: str) -> list[StepFinished]:
+    return [s for s in steps if s.kind in kinds and s.action == "apply"
             and s.status == "succeeded"]
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from pydantic import BaseModel, ConfigDict, ValidationInfo
 
@@ -36,6 +36,19 @@ def project_file(value: str, info: ValidationInfo) -> str:
     return value
 
 
+class Background(Protocol):
+    """Work a step leaves running while later steps run (a background analysis)."""
+
+    step_id: str
+    kind: str
+    until: str | None
+    """The last step it watches; None: to the end of the run."""
+
+    def failure(self) -> str | None: ...
+
+    def stop(self) -> Detail: ...
+
+
 @dataclass
 class StepContext:
     """What a running step may use. The engine builds one per step."""
@@ -49,6 +62,13 @@ class StepContext:
     progress: Callable[[str, float | None], None] = lambda message, fraction: None
     wait_for_approval: Callable[[str, str, float], str] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    checkpoint: Callable[[Detail, bool], None] = lambda detail, milestone: None
+    """A long step's progress, journaled as its (partial) state so `rollback` can undo it and
+    `--resume` continue it; `milestone` also records a `checkpoint` step event."""
+    resume_detail: Detail | None = None
+    """On `--resume`: the last checkpoint this run journaled for the step, else None."""
+    background: Callable[[Background], None] | None = None
+    """Hands the engine work that runs on while later steps run; it checks it after each."""
 
     def path(self, relative: str) -> Path:
         return self.root / relative
@@ -107,6 +127,14 @@ class Step:
 
     def drift(self, target: Target, detail: Detail) -> str | None:
         """How the target moved away from what this applied step did (None: it did not)."""
+        return None
+
+    def later_steps(self) -> list[str]:
+        """Step ids this step names, which must come after it in the plan (checked at load)."""
+        return []
+
+    def status_line(self, detail: Detail) -> str | None:
+        """One line for `rollout status` about this step's journaled state (None: nothing)."""
         return None
 
     def fingerprint(self) -> str:

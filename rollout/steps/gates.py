@@ -123,13 +123,35 @@ class GateApproval(Step):
                          f"(timeout {p.timeout} from its first check)") from err
 
 
-class AnalysisParams(Params):
-    """Poll a measurement until it proves the condition, as Argo Rollouts' AnalysisRun does."""
+class Measured(Params):
+    """Where one number comes from: SQL or HTTP (gate.analysis and a ramp's guards)."""
+
+    SOURCES: ClassVar[tuple[str, ...]] = ("query", "url")
 
     query: str | None = Field(None, description="SQL returning one number (service connection).")
     url: str | None = Field(None, description="HTTP GET; the measurement is the status code, "
                                               "or `json_field` of the JSON body.")
     json_field: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Measured:
+        given = [name for name in self.SOURCES if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of {' or '.join(f'`{s}`' for s in self.SOURCES)}")
+        return self
+
+
+def measure(params: Measured, db_url: str) -> float:
+    """One measurement of a SQL or HTTP source (raises when there is no number)."""
+    if params.query:
+        return probes.sql_number(db_url, params.query)
+    assert params.url is not None
+    return probes.http_number(params.url, params.json_field)
+
+
+class AnalysisParams(Measured):
+    """Poll a measurement until it proves the condition, as Argo Rollouts' AnalysisRun does."""
+
     success: str = Field(description="Condition on the measurement, e.g. '>= 0.5'.")
     failure: str | None = Field(None, description="Condition that counts as a failed measurement.")
     interval: str | float = "30s"
@@ -139,19 +161,25 @@ class AnalysisParams(Params):
     inconclusive: Literal["ask", "fail"] = Field(
         "ask", description="At timeout with neither verdict: ask a person, or fail.")
     poll: str | float | None = Field(None, description=POLL_DESCRIPTION)
+    background: bool = Field(False, description="Watch while the next steps run (Argo's "
+                                                "background analysis); a failure stops the run "
+                                                "after the step running then.")
+    until: str | None = Field(None, description="With `background`: the last step watched "
+                                                "(default: to the end of the run).")
 
     _durations = field_validator("interval", "timeout", "poll")(check_duration)
     _conditions = field_validator("success", "failure")(check_condition)
 
     @model_validator(mode="after")
-    def _one_source(self) -> AnalysisParams:
-        if (self.query is None) == (self.url is None):
-            raise ValueError("give exactly one of `query` or `url`")
+    def _until_in_background(self) -> AnalysisParams:
+        if self.until is not None and not self.background:
+            raise ValueError("`until` is for a `background: true` analysis")
         return self
 
 
 class GateAnalysis(Step):
-    """Polls a measurement (SQL or HTTP) until its success condition holds, Argo-style."""
+    """Polls a measurement (SQL or HTTP) until its success condition holds, Argo-style (or
+    watches it in the background of later steps: `background: true`, `until: STEP`)."""
 
     kind: ClassVar[str] = "gate.analysis"
     Params = AnalysisParams
@@ -161,17 +189,26 @@ class GateAnalysis(Step):
     def describe(self) -> str:
         p = self.params
         source = "SQL" if p.query else f"GET {p.url}"
+        if p.background:
+            return (f"watch {source} {p.success} in the background until "
+                    f"{p.until or 'the end of the run'} (every {p.interval}, "
+                    f"≤{p.failure_limit} failed)")
         return f"wait until {source} {p.success} ({p.count}x, every {p.interval}, ≤{p.timeout})"
 
-    def measure(self, ctx: StepContext) -> float:
-        p = self.params
-        if p.query:
-            return probes.sql_number(ctx.target.db_url, p.query)
-        assert p.url is not None
-        return probes.http_number(p.url, p.json_field)
+    def later_steps(self) -> list[str]:
+        return [self.params.until] if self.params.until else []
 
     def apply(self, ctx: StepContext) -> Detail:
         p = self.params
+        if p.background:
+            from rollout.steps.background import Watch  # it builds on this module
+
+            if ctx.background is None:
+                raise StepFailed("this run cannot watch in the background")
+            watch = Watch(self.id, p, ctx.target.db_url)
+            ctx.background(watch)
+            watch.start()
+            return {"background": True, "until": p.until}
         # The timeout counts from the gate's first check, in an earlier process if it parked.
         deadline = time.monotonic() + seconds(p.timeout) - elapsed(ctx)
         park_at = time.monotonic() + seconds(p.poll) if p.poll is not None else deadline
@@ -179,7 +216,7 @@ class GateAnalysis(Step):
         measurements: list[float | str] = []
         while True:
             try:
-                value: float | str = self.measure(ctx)
+                value: float | str = measure(p, ctx.target.db_url)
             except Exception as err:  # noqa: BLE001 — an error is a failed measurement
                 value = f"error: {err}"
             measurements.append(value)

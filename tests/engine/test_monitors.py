@@ -18,11 +18,13 @@ import httpx
 import pytest
 import respx
 
+from rollout.adapters import guard_sources
 from rollout.adapters.local_stack.postgres import shared_dir
 from rollout.adapters.local_stack.processes import stop_pid
 from rollout.adapters.local_stack.stack import LocalStack
 from rollout.adapters.monitors import error_rate, parse_rate
 from rollout.adapters.supabase_target import SupabaseTarget
+from rollout.adapters.targets import LocalTarget
 from rollout.errors import UsageError
 from tests.engine.conftest import Cli
 from tests.engine.test_flags_cli import run_all
@@ -158,3 +160,48 @@ def test_supabase_error_rate_comes_from_the_edge_logs() -> None:
     assert strict.detail["errors"] == 3
     assert strict.detail["per_function"]["send-broadcast"] == {"requests": 2000, "errors": 3}
     assert strict.value == pytest.approx(3 / 2010)
+
+
+# ---- guard sources (flags.ramp's built-in guards): the same checks, one number each ----------
+
+
+def guard(stack: Cli, name: str, **options: object) -> guard_sources.Measure:
+    return guard_sources.build(name, dict(options), LocalTarget(stack.stack))
+
+
+def test_guard_sources_measure_the_stack_and_see_faults(stack: Cli) -> None:
+    pending = guard(stack, "pending-reports")
+    before = pending()
+    added = report_pending(stack, 2)
+    try:
+        assert pending() == before + 2
+    finally:
+        stack.sql("update public.reported_messages set report_status = 'dismissed' "
+                  "where id = any(%s::uuid[])", (added,))
+
+    errors, p99 = guard(stack, "gateway-errors"), guard(stack, "health-p99", samples=3, timeout=5)
+    errors()  # the baseline sample: later ones measure the interval since
+    assert 0 < p99() < 5000
+    assert errors() == 0.0  # the probes were good
+    worker = stack.stack.deployed()["send-broadcast"]
+    stop_pid(worker.pid)
+    try:
+        assert p99() == 5000  # a 502 counts as the probe's timeout
+        assert errors() == 1.0  # every request since the last sample failed
+    finally:
+        stack.stack.activate_version("send-broadcast", worker.version)
+
+
+def test_rpc_errors_count_by_sqlstate_class(stack: Cli) -> None:
+    server, refused, everything = (guard(stack, "rpc-errors"),
+                                   guard(stack, "rpc-errors", classes=["42"]),
+                                   guard(stack, "rpc-errors", classes=["*"]))
+    for measure in (server, refused, everything):
+        measure()
+    key = stack.stack.secret("anon_key")
+    answer = httpx.post(f"{stack.stack.api_url}/rest/v1/rpc/get_user_conversations", json={},
+                        headers={"apikey": key, "authorization": f"Bearer {key}"})
+    assert answer.status_code in (401, 403) and answer.json()["code"].startswith("42"), \
+        answer.text
+    assert server() == 0.0  # a refused caller is not a server error
+    assert refused() > 0 and everything() > 0

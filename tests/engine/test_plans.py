@@ -35,9 +35,11 @@ def test_production_plan_prints_every_step_and_no_secret(cli: Cli) -> None:
                                **PRODUCTION_ENV).stdout)["steps"]
     ids = [s["id"] for s in steps]
     assert ids[:3] == ["backup", "maintenance-on", "migrate"]
-    assert {"deploy-functions", "schedule-quota-reset", "flag-off", "adoption-gate", "flag-25",
-            "flag-100"} <= set(ids)
-    assert ids.index("flag-off") < ids.index("adoption-gate") < ids.index("flag-25")
+    assert {"deploy-functions", "schedule-quota-reset", "flag-off", "adoption-gate",
+            "ramp"} <= set(ids)
+    assert ids.index("flag-off") < ids.index("adoption-gate") < ids.index("ramp")
+    ramp = next(s for s in steps if s["id"] == "ramp")
+    assert ramp["kind"] == "flags.ramp" and "5% → 25% → 50% → 100%" in ramp["description"]
 
 
 def test_production_apply_without_a_terminal_needs_yes(cli: Cli) -> None:

@@ -55,7 +55,12 @@ const sql = postgres(required("GATEWAY_DB_URL"), {
 
 const API_ROLES = new Set(["anon", "authenticated", "service_role"]);
 const MAX_BODY = 1024 * 1024;
-const counters = { requests: 0, rpc_errors: 0, function_errors: 0, function_requests: 0 };
+const counters = {
+  requests: 0, rpc_requests: 0, rpc_errors: 0, function_errors: 0, function_requests: 0,
+  // PostgREST-shape errors by SQLSTATE class (the code's first two characters): the
+  // `rpc-errors` guard source tells server trouble (XX, 53, 57…) from refused callers (42…).
+  rpc_errors_by_class: {} as Record<string, number>,
+};
 
 type Routes = Record<string, { port: number; version: number; verify_jwt?: boolean }>;
 let routesCache: { mtime: number; routes: Routes } = { mtime: -1, routes: {} };
@@ -282,6 +287,7 @@ async function rpc(req: Request, fn: string): Promise<Response> {
     ? `select coalesce(jsonb_agg(_r), '[]'::jsonb) as body from ${args ? `${args}, lateral ` : ""}${rowset}`
     : `select to_jsonb(${call}) as body${args ? ` from ${args}` : ""}`;
 
+  counters.rpc_requests++;
   try {
     // PostgREST runs a GET in a read-only transaction: a function that writes fails (25006 → 405).
     const mode = req.method === "GET" ? "read only" : "read write";
@@ -299,6 +305,8 @@ async function rpc(req: Request, fn: string): Promise<Response> {
     counters.rpc_errors++;
     const e = err as { code?: string; message?: string; detail?: string; hint?: string };
     const code = e.code ?? "XX000";
+    const sqlClass = code.slice(0, 2);
+    counters.rpc_errors_by_class[sqlClass] = (counters.rpc_errors_by_class[sqlClass] ?? 0) + 1;
     return pgrstError(statusFor(code, role), code, e.message ?? "error", e.detail ?? null, e.hint ?? null);
   }
 }
