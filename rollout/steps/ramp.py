@@ -25,7 +25,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, field_validator, model_validator
 
 from rollout.adapters import flags
-from rollout.errors import StepFailed
+from rollout.errors import Parked, StepFailed
 from rollout.steps.base import Detail, Params, Step, StepContext
 from rollout.steps.gates import check_duration, seconds
 from rollout.steps.guards import Guard, GuardParams
@@ -39,8 +39,13 @@ class RampParams(Params):
     on_breach: Literal["kill", "hold"] = "kill"
     hold_timeout: str | float = Field("4h", description="How long a held ramp waits for a "
                                                         "person before the step fails.")
+    poll: str | float | None = Field(
+        None, description="How long one process watches a dwell: a longer one parks the run "
+                          "as `waiting` (exit 7, lock released) and `rollout apply PLAN "
+                          "--resume` continues it from the step reached, guards first. None: "
+                          "this process dwells to the end.")
 
-    _durations = field_validator("dwell", "hold_timeout")(check_duration)
+    _durations = field_validator("dwell", "hold_timeout", "poll")(check_duration)
 
     @model_validator(mode="after")
     def _rising(self) -> RampParams:
@@ -90,10 +95,11 @@ class FlagsRamp(Step):
             detail = {"flag": p.flag, "from": flags.get_flag(url, p.flag).percentage,
                       "set": None, "index": -1, "next_raise_at": None, "holds": 0}
         index = int(detail["index"])
+        park_at = time.monotonic() + seconds(p.poll) if p.poll is not None else None
         self._watch(ctx, guards, detail, once=True)  # guards first, before any (re)raise
         while index < len(p.steps) - 1:
             if index >= 0:
-                self._watch(ctx, guards, detail, once=False)
+                self._watch(ctx, guards, detail, once=False, park_at=park_at)
             index += 1
             self._raise(ctx, detail, index)
         detail["next_raise_at"] = None
@@ -128,8 +134,11 @@ class FlagsRamp(Step):
                      + ("" if last else f", next raise at {detail['next_raise_at']}"),
                      (index + 1) / len(p.steps))
 
-    def _watch(self, ctx: StepContext, guards: list[Guard], detail: Detail, once: bool) -> None:
-        """Measure each guard when due until the next raise (`once`: each guard once now)."""
+    def _watch(self, ctx: StepContext, guards: list[Guard], detail: Detail, once: bool,
+               park_at: float | None = None) -> None:
+        """Measure each guard when due until the next raise (`once`: each guard once now).
+        Past `park_at` with the dwell not over, the run parks (the journal keeps the step
+        reached and the wall-clock time of the next raise, so a resume picks the dwell up)."""
         while True:
             for guard in guards:
                 if once or guard.due <= time.monotonic():
@@ -140,7 +149,13 @@ class FlagsRamp(Step):
             if once or left <= 0:
                 return
             due = min((g.due for g in guards), default=time.monotonic() + left)
-            time.sleep(max(0.05, min(left, due - time.monotonic())))
+            pause = max(0.05, min(left, due - time.monotonic()))
+            if park_at is not None and time.monotonic() + pause > park_at:
+                ctx.checkpoint(detail, True)
+                raise Parked(f"ramp {self.id} holds {self.params.flag} at {detail['set']}% "
+                             f"(step {detail['reached']}); the next raise is due at "
+                             f"{detail['next_raise_at']}")
+            time.sleep(pause)
 
     @staticmethod
     def _left(detail: Detail) -> float:

@@ -302,3 +302,20 @@ def test_status_line_names_step_next_raise_and_guards() -> None:
     assert line is not None
     assert "f at 5% (step 1/2)" in line and "next raise 2026-12-01T10:00:00" in line
     assert "rpc=0.001" in line
+
+
+def test_a_long_dwell_parks_the_run_and_resume_dwells_the_rest(monkeypatch: pytest.MonkeyPatch,
+                                                               store: FakeFlags) -> None:
+    from rollout.errors import Parked
+
+    scripted(monkeypatch, [0])
+    ramp = make([5, 100], [REPORTS], dwell="60s", poll="0.2s")
+    recorder = Recorder()
+    with pytest.raises(Parked, match="holds f at 5%"):
+        ramp.apply(context(recorder))
+    parked = recorder.checkpoints[-1]
+    assert store.percentage == 5 and parked["set"] == 5 and parked["next_raise_at"]
+    # The resumed process dwells only what is left (here: nothing) and goes on.
+    parked["next_raise_at"] = "2000-01-01T00:00:00+00:00"
+    detail = ramp.apply(context(Recorder(), parked))
+    assert store.percentage == 100 and detail["resumed"] == 1
