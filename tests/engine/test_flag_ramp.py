@@ -152,8 +152,7 @@ def test_a_clean_ramp_reaches_100_and_keeps_everyone_who_was_in(cli: Cli,
   - id: deploy-functions
     kind: edge.deploy
     with:
-      functions: [send-broadcast]
-      health_paths: {send-broadcast: /health}
+      functions: [{name: send-broadcast, verify_jwt: false, health_path: /health}]
   - id: ramp
     kind: flags.ramp
     with:

@@ -112,14 +112,18 @@ def test_lock_hint_and_unlock_hint_are_runnable(cli: Cli, tmp_path: Path) -> Non
     try:
         wait_for(lambda: step_status(cli, "go-ahead") == "running")
         refused = cli.run("apply", str(plan))
-        assert refused.returncode == 1
+        assert refused.returncode == 5  # refused: another run holds the environment
         unlock = printed(r"(rollout unlock \S+)", refused.stderr)
         asked = run_printed(cli, unlock)
         assert asked.returncode == 2
         forced = run_printed(cli, printed(r"free the lock: (rollout unlock .+ --force)",
                                           asked.stderr))
-        assert forced.returncode == 0, forced.stderr
-        assert "unlocked" in forced.stdout
+        # The holder is alive: refused (5), with the command that stops it instead.
+        assert forced.returncode == 5, forced.stdout + forced.stderr
+        stopped = run_printed(cli, printed(r"to stop it: (rollout unlock .+ --stop-live-run)",
+                                           forced.stderr))
+        assert stopped.returncode == 0, stopped.stderr
+        assert "told to stop" in stopped.stdout and "unlocked" in stopped.stdout
     finally:
         holder.kill()
         holder.wait(10)
