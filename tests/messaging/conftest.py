@@ -20,6 +20,7 @@ from psycopg import sql
 
 from rollout.adapters.local_stack.bootstrap import apply_bootstrap
 from rollout.adapters.local_stack.postgres import EmbeddedPostgres
+from rollout.adapters.smoke import SUBSCRIPTION_OF_ROLE
 from tests.conftest import create_database, running_server
 
 MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
@@ -45,16 +46,6 @@ WINTER_SHOW = "60000000-0000-4000-8000-000000000002"  # ended
 ALICE_MAX_CONV = "70000000-0000-4000-8000-000000000001"  # 240 historical messages
 ALICE_DANA_CONV = "70000000-0000-4000-8000-000000000002"
 ARTHUR_OLGA_CONV = "70000000-0000-4000-8000-000000000003"
-
-
-# account_type and subscription_status that production's role trigger turns into each role.
-SUBSCRIPTION_OF_ROLE = {
-    "attendee": ("collector", "none"),
-    "dealer": ("dealer", "none"),
-    "mvp_dealer": ("dealer", "active"),
-    "show_organizer": ("organizer", "active"),
-    "admin": ("collector", "none"),
-}
 
 
 def make_profile(conn: psycopg.Connection, user_id: str, role: str, *, email: str,
