@@ -20,12 +20,20 @@
 -- Production's own functions name tables unqualified and pin no search_path, so a v2 definer
 -- function (search_path = '') inserting participants made them fail: v2 pins theirs to
 -- `public, pg_temp` (the rollback resets it). The role trigger is replaced by one that derives
--- the same roles but never demotes an admin; the legacy messages trigger is replaced by v2's
--- bookkeeping (never both: no double counts); the recursive participants policy is replaced.
+-- the same roles but never demotes an admin; the recursive participants policy is replaced.
 -- Users can no longer change what their role derives from (column privileges on profiles).
 --
--- Live-safety: no table rewrite and no scan under an exclusive lock of a large table; the whole
--- file is one short transaction and every lock waits at most lock_timeout.
+-- A send writes one row (the message). Unread counts and the last message are derived when
+-- read, from the messages (indexed by conversation and time) and per-participant read marks
+-- (conversation_read_marks: everything older is read). Production's own columns
+-- (conversations.last_message_*, conversation_participants.unread_count), which today's builds
+-- read, are kept by sync_legacy_message_columns() — a cron job every few seconds that recounts
+-- the conversations with new messages — and, at once, by today's builds' own direct inserts
+-- (the legacy trigger is replaced by v2's, never both: no double counts).
+--
+-- Live-safety: no table rewrite; one index is built on messages (writes wait for it, inside the
+-- maintenance window); the whole file is one short transaction and every lock waits at most
+-- lock_timeout.
 -- Identity is always auth.uid(). Refusals raise PostgREST-style SQLSTATEs: PT400 invalid
 -- input, PT403 not allowed, PT404 not found, PT429 quota exhausted (see docs/sql-api.md).
 
@@ -51,7 +59,7 @@ declare
   t text;
 begin
   foreach t in array array['feature_flags', 'feature_flag_audit', 'moderated_message_texts',
-                           'direct_conversations']
+                           'direct_conversations', 'conversation_read_marks']
   loop
     if to_regclass('messaging_v2_archive.' || t) is not null
        and to_regclass('public.' || t) is null then
@@ -224,6 +232,44 @@ comment on table public.direct_conversations is
 alter table public.direct_conversations enable row level security;
 create index if not exists direct_conversations_conversation_id_idx
   on public.direct_conversations (conversation_id);
+
+-- Read marks: every message of the conversation created before read_before is read by the
+-- participant (or sent by them). Written when a participant reads the whole conversation;
+-- unread counts only look at messages from the mark on.
+create table if not exists public.conversation_read_marks (
+  conversation_id uuid not null,
+  user_id uuid not null,
+  read_before timestamptz not null,
+  constraint conversation_read_marks_pkey primary key (conversation_id, user_id),
+  constraint conversation_read_marks_participant_fkey foreign key (conversation_id, user_id)
+    references public.conversation_participants (conversation_id, user_id) on delete cascade
+);
+comment on table public.conversation_read_marks is
+  'Per participant: every message created before read_before is read. Functions only.';
+alter table public.conversation_read_marks enable row level security;
+
+-- Where the next run of sync_legacy_message_columns() starts (no message created before it is
+-- still uncommitted).
+create table if not exists public.messaging_legacy_sync (
+  singleton boolean primary key default true
+    constraint messaging_legacy_sync_singleton check (singleton),
+  synced_from timestamptz not null,
+  last_run_at timestamptz,
+  last_changed integer
+);
+comment on table public.messaging_legacy_sync is
+  'State of the job keeping production''s last_message_* and unread_count columns for '
+  'today''s builds. Functions only.';
+alter table public.messaging_legacy_sync enable row level security;
+
+-- A conversation's messages by time: the last message and the unread count read the newest
+-- ones. It takes the place of production's index on conversation_id alone (a send maintains
+-- the same number of indexes); the rollback puts production's back.
+-- squawk-ignore require-concurrent-index-creation
+create index if not exists messages_conversation_id_created_at_idx
+  on public.messages (conversation_id, created_at, id);
+-- squawk-ignore require-concurrent-index-deletion
+drop index if exists public.idx_messages_conversation_id;
 insert into public.direct_conversations (user_low, user_high, conversation_id)
 select distinct on (least(a.user_id, b.user_id), greatest(a.user_id, b.user_id))
        least(a.user_id, b.user_id), greatest(a.user_id, b.user_id), c.id
@@ -441,6 +487,129 @@ comment on function public.profiles_sync_role_v2() is
   'profiles.role from account_type + subscription_status (as production''s sync_user_role), '
   'but an admin set by a privileged role stays an admin.';
 
+-- ---------------------------------------------------------------------------------------
+-- Unread counts and the last message, derived (one definition for the API and the legacy sync).
+-- ---------------------------------------------------------------------------------------
+-- A time before which no message can still be uncommitted: the start of the oldest open
+-- transaction that could insert one (a session of this database; a message's created_at is its
+-- transaction's start). Read from pg_stat_activity
+-- before the caller's next statement takes its snapshot, so any message that statement cannot
+-- see is created at or after it. Without the right to see other sessions' transactions:
+-- ten minutes ago (API statements time out long before).
+create or replace function public.messaging_horizon()
+returns timestamptz
+language sql
+volatile
+security definer
+set search_path = ''
+as $$
+  select case
+    when pg_catalog.pg_has_role(current_user, 'pg_read_all_stats', 'member') then
+      least(pg_catalog.now(),
+            (select min(a.xact_start) from pg_catalog.pg_stat_get_activity(null) a
+              where a.datid = (select d.oid from pg_catalog.pg_database d
+                                where d.datname = pg_catalog.current_database())
+                and a.backend_type in ('client backend', 'background worker', 'pg_cron')))
+    else pg_catalog.now() - interval '10 minutes'
+  end
+$$;
+comment on function public.messaging_horizon() is
+  'No message created before this time is still uncommitted. Definer: reads every session''s '
+  'transaction start.';
+
+-- Unread = messages from others that the participant has not read, counted from their read
+-- mark on (older ones are all read).
+create or replace view public.participant_unread as
+select cp.conversation_id, cp.user_id,
+       (select count(*) from public.messages m
+         where m.conversation_id = cp.conversation_id
+           and m.created_at >= coalesce(r.read_before, '-infinity')
+           and m.sender_id is distinct from cp.user_id
+           and not (cp.user_id = any (coalesce(m.read_by_user_ids, '{}'))))::integer
+         as unread_count
+  from public.conversation_participants cp
+  left join public.conversation_read_marks r
+    on r.conversation_id = cp.conversation_id and r.user_id = cp.user_id;
+comment on view public.participant_unread is
+  'Exact unread count per participant, derived. Functions only.';
+
+create or replace view public.conversation_last_message as
+select c.id as conversation_id, l.message_text, l.created_at
+  from public.conversations c
+  cross join lateral (select m.message_text, m.created_at from public.messages m
+                       where m.conversation_id = c.id
+                       order by m.created_at desc, m.id desc
+                       limit 1) l;
+comment on view public.conversation_last_message is
+  'Newest message of each conversation (ties: the larger id). Functions only.';
+
+-- Production's columns for today's builds, recounted for every conversation with a message
+-- created since the last run, up to the horizon (a message not seen now is created after it,
+-- and the next run sees it). The last message only moves forward, as production's trigger
+-- moved it (a tie in time keeps what is there). `p_until` replaces the horizon when no insert
+-- can be in flight (the rollback holds messages locked).
+create or replace function public.sync_legacy_message_columns(p_until timestamptz default null)
+returns integer
+language plpgsql
+volatile
+security definer
+set search_path = ''
+as $$
+declare
+  v_from timestamptz;
+  v_next timestamptz;
+  v_conversations uuid[];
+  v_changed integer := 0;
+  v_rows integer;
+begin
+  -- One run at a time; a run that waited starts where the other ended.
+  select synced_from into v_from from public.messaging_legacy_sync where singleton for update;
+  if not found then
+    raise exception 'messaging_legacy_sync has no row: is messaging v2 applied?';
+  end if;
+  v_next := coalesce(p_until, public.messaging_horizon());
+  select coalesce(array_agg(distinct m.conversation_id), '{}') into v_conversations
+    from public.messages m where m.created_at >= v_from and m.created_at < v_next;
+  if cardinality(v_conversations) > 0 then
+    -- The lock order of every write in a conversation: its row, then its participants'. Old
+    -- builds' inserts and mark-read wait here and then add to the fresh figures.
+    perform 1 from public.conversations where id = any (v_conversations) order by id for update;
+    perform 1 from public.conversation_participants where conversation_id = any (v_conversations)
+      order by conversation_id, user_id for update;
+    update public.conversations c
+       set last_message_text = l.message_text, last_message_timestamp = l.created_at
+      from public.conversation_last_message l
+     where l.conversation_id = any (v_conversations) and c.id = l.conversation_id
+       and (c.last_message_timestamp is null or l.created_at > c.last_message_timestamp);
+    get diagnostics v_rows = row_count;
+    v_changed := v_rows;
+    -- (A recount that reaches 0 is not a read: the mark-read trigger stays out of it.)
+    perform pg_catalog.set_config('messaging.legacy_sync', 'on', true);
+    update public.conversation_participants cp
+       set unread_count = u.unread_count
+      from public.participant_unread u
+     where u.conversation_id = any (v_conversations)
+       and cp.conversation_id = u.conversation_id and cp.user_id = u.user_id
+       and cp.unread_count is distinct from u.unread_count;
+    get diagnostics v_rows = row_count;
+    v_changed := v_changed + v_rows;
+    perform pg_catalog.set_config('messaging.legacy_sync', '', true);
+  end if;
+  update public.messaging_legacy_sync
+     set synced_from = greatest(synced_from, v_next), last_run_at = pg_catalog.now(),
+         last_changed = v_changed
+   where singleton;
+  return v_changed;
+end;
+$$;
+comment on function public.sync_legacy_message_columns(timestamptz) is
+  'Keeps production''s last_message_* and unread_count for today''s builds (a cron job; the '
+  'rollback runs it once more). Returns the rows changed. Definer: writes every user''s rows.';
+
+insert into public.messaging_legacy_sync (singleton, synced_from)
+values (true, public.messaging_horizon())
+on conflict (singleton) do nothing;
+
 create or replace function public.messages_before_insert_v2()
 returns trigger
 language plpgsql
@@ -495,8 +664,8 @@ begin
 end;
 $$;
 comment on function public.messages_after_insert_v2() is
-  'Last message and unread counts after any insert (replaces production''s '
-  'messages_after_insert_trigger). Definer: updates other users'' rows.';
+  'Last message and unread counts after a direct insert by today''s builds (replaces '
+  'production''s messages_after_insert_trigger). Definer: updates other users'' rows.';
 
 create or replace function public.messages_before_update_v2()
 returns trigger
@@ -547,6 +716,10 @@ language plpgsql
 security definer
 set search_path = ''
 as $$
+declare
+  -- Taken before the update below takes its snapshot: every message it cannot see is
+  -- created at or after this, so everything older is read once it has run.
+  v_read_before timestamptz := public.messaging_horizon();
 begin
   -- Reset to 0 = the member has read the conversation: keep read_by_user_ids in step, so
   -- the function path and the old app's direct update end in the same state.
@@ -559,12 +732,16 @@ begin
                    order by u.id
                    for update)
      and not (new.user_id = any (coalesce(m.read_by_user_ids, '{}')));
+  insert into public.conversation_read_marks as r (conversation_id, user_id, read_before)
+  values (new.conversation_id, new.user_id, v_read_before)
+  on conflict (conversation_id, user_id) do update
+     set read_before = greatest(r.read_before, excluded.read_before);
   return new;
 end;
 $$;
 comment on function public.conversation_participants_after_update_v2() is
-  'Marks the conversation''s messages read when unread_count is reset. Definer: updates '
-  'messages of other senders.';
+  'Marks the conversation''s messages read, and moves the read mark, when unread_count is '
+  'reset. Definer: updates messages of other senders.';
 
 create or replace function public.feature_flags_before_write()
 returns trigger
@@ -651,9 +828,14 @@ create trigger messages_before_insert_v2
              E'\t\n\u000b\f\r \u0085\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000\ufeff'))
   execute function public.messages_before_insert_v2();
 drop trigger if exists messages_after_insert_v2 on public.messages;
+-- Today's builds insert directly and read production's columns: their inserts keep them at
+-- once, as do inserts dated other than now (a backfill: the legacy sync only looks at messages
+-- created since its last run). v2's functions write only the message, and the sync catches up.
 create trigger messages_after_insert_v2
   after insert on public.messages
-  for each row execute function public.messages_after_insert_v2();
+  for each row when (current_user in ('authenticated', 'anon')
+                     or new.created_at is distinct from now())
+  execute function public.messages_after_insert_v2();
 drop trigger if exists messages_before_update_v2 on public.messages;
 create trigger messages_before_update_v2
   before update on public.messages
@@ -667,7 +849,8 @@ drop trigger if exists conversation_participants_after_update_v2
   on public.conversation_participants;
 create trigger conversation_participants_after_update_v2
   after update of unread_count on public.conversation_participants
-  for each row when (new.unread_count = 0)
+  for each row when (new.unread_count = 0
+                     and current_setting('messaging.legacy_sync', true) is distinct from 'on')
   execute function public.conversation_participants_after_update_v2();
 drop trigger if exists feature_flags_before_write on public.feature_flags;
 create trigger feature_flags_before_write
@@ -971,16 +1154,17 @@ stable
 security definer
 set search_path = ''
 as $$
-  select c.id, c.type, c.show_id, c.last_message_text, c.last_message_timestamp,
-         coalesce(cp.unread_count, 0)
-    from public.conversation_participants cp
-    join public.profiles p on p.id = cp.user_id
-    join public.conversations c on c.id = cp.conversation_id
-   where cp.user_id = (select auth.uid())
-   order by c.last_message_timestamp desc nulls last, c.created_at desc
+  select c.id, c.type, c.show_id, l.message_text, l.created_at, u.unread_count
+    from public.participant_unread u
+    join public.profiles p on p.id = u.user_id
+    join public.conversations c on c.id = u.conversation_id
+    left join public.conversation_last_message l on l.conversation_id = c.id
+   where u.user_id = (select auth.uid())
+   order by l.created_at desc nulls last, c.created_at desc
 $$;
 comment on function public.get_user_conversations() is
-  'The caller''s inbox. Definer: one indexed query instead of a policy check per row.';
+  'The caller''s inbox: last message and exact unread count, derived. Definer: one indexed '
+  'query instead of a policy check per row.';
 
 create or replace function public.get_total_unread_count()
 returns integer
@@ -989,13 +1173,13 @@ stable
 security definer
 set search_path = ''
 as $$
-  select coalesce(sum(cp.unread_count), 0)::integer
-    from public.conversation_participants cp
-    join public.profiles p on p.id = cp.user_id
-   where cp.user_id = (select auth.uid())
+  select coalesce(sum(u.unread_count), 0)::integer
+    from public.participant_unread u
+    join public.profiles p on p.id = u.user_id
+   where u.user_id = (select auth.uid())
 $$;
 comment on function public.get_total_unread_count() is
-  'Sum of the caller''s unread counts. Definer: same reason as get_user_conversations.';
+  'Sum of the caller''s exact unread counts. Definer: same reason as get_user_conversations.';
 
 create or replace function public.mark_conversation_read(p_conversation_id uuid)
 returns void
@@ -1194,7 +1378,9 @@ end
 $$;
 
 revoke all on public.feature_flags, public.feature_flag_audit, public.broadcast_quotas,
-  public.reported_messages, public.moderated_message_texts, public.direct_conversations
+  public.reported_messages, public.moderated_message_texts, public.direct_conversations,
+  public.conversation_read_marks, public.messaging_legacy_sync, public.participant_unread,
+  public.conversation_last_message
   from anon, authenticated;
 grant select on public.feature_flags, public.reported_messages, public.moderated_message_texts
   to authenticated;
@@ -1225,7 +1411,9 @@ revoke execute on function
   public.conversation_participants_after_update_v2(),
   public.feature_flags_before_write(),
   public.feature_flags_audit_write(),
-  public.direct_conversations_forget_v2()
+  public.direct_conversations_forget_v2(),
+  public.messaging_horizon(),
+  public.sync_legacy_message_columns(timestamptz)
   from public, anon, authenticated;
 grant execute on function
   public.feature_bucket(text, uuid),

@@ -25,6 +25,18 @@ comment on schema messaging_v2_archive is
   'While v2 is live it holds production''s earlier-shape broadcast_quotas (broadcast_quotas_v1).';
 revoke all on schema messaging_v2_archive from public;
 
+-- 0. Production's last_message_* and unread_count columns catch up with every message v2 sent
+-- (its functions leave them to the legacy sync job). No insert can slip in between: messages
+-- stay locked against writes until production's trigger is back, at commit.
+lock table public.messages in share row exclusive mode;
+do $$
+begin
+  if to_regprocedure('public.sync_legacy_message_columns(timestamptz)') is not null then
+    perform public.sync_legacy_message_columns(pg_catalog.clock_timestamp());
+  end if;
+end
+$$;
+
 -- 1. Broadcast quotas: today's v2 usage into the earlier shape, then the tables swap back.
 do $$
 begin
@@ -178,6 +190,9 @@ drop index if exists public.reported_messages_message_id_idx;
 drop index if exists public.reported_messages_reported_by_idx;
 drop index if exists public.reported_messages_report_status_idx;
 drop index if exists public.conversation_participants_user_id_idx;
+-- squawk-ignore require-concurrent-index-creation
+create index if not exists idx_messages_conversation_id on public.messages (conversation_id);
+drop index if exists public.messages_conversation_id_created_at_idx;
 
 -- 7. v2 tables to the archive, rows and all.
 do $$
@@ -185,7 +200,7 @@ declare
   t text;
 begin
   foreach t in array array['feature_flags', 'feature_flag_audit', 'moderated_message_texts',
-                           'direct_conversations']
+                           'direct_conversations', 'conversation_read_marks']
   loop
     if to_regclass('public.' || t) is not null then
       if to_regclass('messaging_v2_archive.' || t) is not null then
@@ -197,7 +212,15 @@ begin
 end
 $$;
 
+-- The legacy sync's position goes (a re-apply starts from its own time: production's trigger
+-- kept the columns meanwhile), and the views over v2's read marks.
+drop view if exists public.participant_unread;
+drop view if exists public.conversation_last_message;
+drop table if exists public.messaging_legacy_sync;
+
 -- 8. v2 functions; production's functions get their unpinned search_path back.
+drop function if exists public.sync_legacy_message_columns(timestamptz);
+drop function if exists public.messaging_horizon();
 drop function if exists public.send_message(uuid, text);
 drop function if exists public.send_direct_message(uuid, text, uuid);
 drop function if exists public.send_broadcast(uuid, text, text[], boolean);

@@ -332,9 +332,10 @@ def edge_function_command(
 
 
 def check_prerequisites(
-    conn: psycopg.Connection[Any], vault_secret_names: Iterable[str]
+    conn: psycopg.Connection[Any], vault_secret_names: Iterable[str], *, calls_http: bool = True
 ) -> Prerequisites:
-    """Fail with one TargetError naming everything missing: pg_cron, pg_net, Vault, secrets.
+    """Fail with one TargetError naming everything missing: pg_cron, and for a job calling a
+    function (`calls_http`) pg_net, Vault and the secrets.
 
     Secrets are checked by name only: the query selects `name`, never `decrypted_secret`.
     """
@@ -359,32 +360,9 @@ def check_prerequisites(
             problems.append(f"pg_cron {pg_cron_version} is too old (need >= 1.4)")
             fixes.append("alter extension pg_cron update;")
 
-        has_http_post = conn.execute(
-            "select pg_catalog.to_regprocedure(%s) is not null", (HTTP_POST_SIGNATURE,)
-        ).fetchone()
-        if not (has_http_post and has_http_post[0]):
-            problems.append(f"pg_net is not installed ({HTTP_POST_SIGNATURE} not found)")
-            fixes.append(
-                "create extension if not exists pg_net;"
-                " (Supabase: Dashboard → Database → Extensions → pg_net)"
-            )
-
-        has_vault = conn.execute(
-            "select pg_catalog.to_regclass('vault.decrypted_secrets') is not null"
-        ).fetchone()
-        if not (has_vault and has_vault[0]):
-            problems.append("Supabase Vault is not available (vault.decrypted_secrets not found)")
-            fixes.append("create extension if not exists supabase_vault;")
-            missing = names
-        else:
-            found = {
-                row[0]
-                for row in conn.execute(
-                    "select name from vault.decrypted_secrets where name = any(%s::text[])",
-                    (names,),
-                )
-            }
-            missing = [name for name in names if name not in found]
+        missing: list[str] = []
+        if calls_http:
+            missing = _check_http_prerequisites(conn, names, problems, fixes)
     except psycopg.Error as exc:
         raise TargetError(
             f"could not check the pg_cron prerequisites: {_pg_message(exc)}"
@@ -399,6 +377,35 @@ def check_prerequisites(
         )
     assert pg_cron_version is not None
     return Prerequisites(pg_cron_version=pg_cron_version, pg_net_version=versions.get("pg_net"))
+
+
+def _check_http_prerequisites(
+    conn: psycopg.Connection[Any], names: list[str], problems: list[str], fixes: list[str]
+) -> list[str]:
+    """pg_net and Vault (appended to `problems`/`fixes`); returns the Vault secrets missing."""
+    has_http_post = conn.execute(
+        "select pg_catalog.to_regprocedure(%s) is not null", (HTTP_POST_SIGNATURE,)
+    ).fetchone()
+    if not (has_http_post and has_http_post[0]):
+        problems.append(f"pg_net is not installed ({HTTP_POST_SIGNATURE} not found)")
+        fixes.append(
+            "create extension if not exists pg_net;"
+            " (Supabase: Dashboard → Database → Extensions → pg_net)"
+        )
+    has_vault = conn.execute(
+        "select pg_catalog.to_regclass('vault.decrypted_secrets') is not null"
+    ).fetchone()
+    if not (has_vault and has_vault[0]):
+        problems.append("Supabase Vault is not available (vault.decrypted_secrets not found)")
+        fixes.append("create extension if not exists supabase_vault;")
+        return names
+    found = {
+        row[0]
+        for row in conn.execute(
+            "select name from vault.decrypted_secrets where name = any(%s::text[])", (names,)
+        )
+    }
+    return [name for name in names if name not in found]
 
 
 def find_job(conn: psycopg.Connection[Any], job_name: str) -> CronJob | None:
@@ -438,8 +445,33 @@ def schedule_function(
         function_name, url_secret=url_secret, key_secret=key_secret, body=body,
         timeout_ms=timeout_ms,
     )
+    return schedule_command(conn, job_name, cron_expr, command,
+                            vault_secrets=[url_secret, key_secret])
+
+
+def schedule_sql(
+    conn: psycopg.Connection[Any], job_name: str, cron_expr: str, command: str
+) -> ScheduleResult:
+    """Schedule a SQL command (run by pg_cron as the scheduling role), idempotently."""
+    _check_job_name(job_name)
+    if not command.strip():
+        raise UsageError(f"cron job {job_name!r}: the SQL command is empty")
+    return schedule_command(conn, job_name, cron_expr, command.strip(), vault_secrets=None)
+
+
+def schedule_command(
+    conn: psycopg.Connection[Any],
+    job_name: str,
+    cron_expr: str,
+    command: str,
+    *,
+    vault_secrets: list[str] | None,
+) -> ScheduleResult:
+    """Create, update or leave alone the job `job_name` running `command` (see schedule_function);
+    `vault_secrets` None: the command calls no function (no pg_net or Vault needed)."""
     validate_cron_expression(cron_expr)  # usage errors before touching the database
-    prerequisites = check_prerequisites(conn, [url_secret, key_secret])
+    prerequisites = check_prerequisites(conn, vault_secrets or [],
+                                        calls_http=vault_secrets is not None)
     schedule = validate_cron_expression(cron_expr, parse_version(prerequisites.pg_cron_version))
 
     try:

@@ -91,6 +91,11 @@ class SupabaseScheduler:
                                                key_secret=key_secret)
         return str(result.action.value)
 
+    def schedule_sql(self, job: str, cron: str, command: str) -> str:
+        with connect(self.db_url) as conn:
+            result = pg_cron.schedule_sql(conn, job, cron, command)
+        return str(result.action.value)
+
     def unschedule(self, job: str) -> bool:
         with connect(self.db_url) as conn:
             return pg_cron.unschedule(conn, job)

@@ -38,6 +38,9 @@ class FunctionSecrets(Protocol):
 class Scheduler(Protocol):
     def schedule(self, job: str, cron: str, function: str, body: dict[str, Any], *,
                  key_secret: str = "service_role_key") -> str: ...
+    def schedule_sql(self, job: str, cron: str, command: str) -> str:
+        """A SQL command run in the database as the scheduling (owner) role."""
+        ...
     def unschedule(self, job: str) -> bool: ...
     def status(self, job: str) -> dict[str, Any]:
         """{"job": …, "runs": [newest first, each with `http_status`/`http_error`]}"""
@@ -71,13 +74,18 @@ class Target(Protocol):
 
 
 def failed_call(run: dict[str, Any]) -> str | None:
-    """Why a cron run's call of the function failed (non-2xx, pg_net error), else None.
+    """Why a cron run failed (the function's non-2xx answer, a pg_net error, the job's SQL
+    failing), else None.
 
     pg_cron's "succeeded" only says the request was queued; the answer is what counts."""
     code = run.get("http_status")
-    if code is None:
-        return str(run["http_error"]) if run.get("http_error") else None
-    return None if 200 <= int(code) < 300 else f"HTTP {code}"
+    if code is not None:
+        return None if 200 <= int(code) < 300 else f"HTTP {code}"
+    if run.get("http_error"):
+        return str(run["http_error"])
+    if run.get("status") == "failed":  # the job's SQL itself failed
+        return str(run.get("detail") or run.get("return_message") or "the job failed")
+    return None
 
 
 def sha256_text(value: str) -> str:
@@ -151,8 +159,9 @@ class LocalSecrets:
 
 
 class LocalScheduler:
-    """Cron jobs run by the local gateway: each POSTs to a function with the secret key in
-    `apikey`, and logs the HTTP status it got."""
+    """Cron jobs run by the local gateway: a function job POSTs to the function with the secret
+    key in `apikey` and logs the HTTP status it got; a SQL job runs its command in the
+    database, as pg_cron does."""
 
     def __init__(self, stack: LocalStack) -> None:
         self.stack = stack
@@ -161,8 +170,14 @@ class LocalScheduler:
                  key_secret: str = "service_role_key") -> str:
         # The local cron always sends the local project's secret API key (`key_secret` names a
         # Vault secret, which only hosted projects have).
+        return self._put({"name": job, "schedule": cron, "function": function, "body": body})
+
+    def schedule_sql(self, job: str, cron: str, command: str) -> str:
+        return self._put({"name": job, "schedule": cron, "sql": command})
+
+    def _put(self, wanted: dict[str, Any]) -> str:
+        job = wanted["name"]
         jobs = self.stack.schedules()
-        wanted = {"name": job, "schedule": cron, "function": function, "body": body}
         existing = next((j for j in jobs if j["name"] == job), None)
         if existing == wanted:
             return "unchanged"

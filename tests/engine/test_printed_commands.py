@@ -7,6 +7,7 @@ output exactly as a person would copy it, runs it, and checks it was accepted.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import signal
@@ -132,13 +133,19 @@ def test_lock_hint_and_unlock_hint_are_runnable(cli: Cli, tmp_path: Path) -> Non
 # ---- 80 columns -----------------------------------------------------------------------------
 
 
+def expected_snapshot(name: str, seen: str) -> str:
+    """The recorded output; `UPDATE_SNAPSHOTS=1` records `seen` first (review the diff)."""
+    if os.environ.get("UPDATE_SNAPSHOTS") == "1":
+        (SNAPSHOTS / name).write_text(seen)
+    return (SNAPSHOTS / name).read_text()
+
+
 def test_plan_at_80_columns_is_stacked_and_matches_the_snapshot(cli: Cli) -> None:
     result = cli.run("plan", "plans/local.yaml", COLUMNS="80")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert all(len(line) <= 80 or " " not in line.strip() for line in lines), lines
-    expected = (SNAPSHOTS / "plan-local-80.txt").read_text()
-    assert result.stdout == expected
+    assert result.stdout == expected_snapshot("plan-local-80.txt", result.stdout)
 
 
 def normalized(text: str, state: Path) -> str:
@@ -160,8 +167,8 @@ def test_apply_at_80_columns_keeps_every_value_whole(cli: Cli, tmp_path: Path) -
     result = cli.run("apply", "plans/local.yaml", "--to", "smoke", COLUMNS="80")
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
-    snapshot = SNAPSHOTS / "apply-local-80.txt"
-    assert normalized(out, cli.state) == snapshot.read_text()
+    seen = normalized(out, cli.state)
+    assert seen == expected_snapshot("apply-local-80.txt", seen)
     report = Path(printed(r"release report: (\S+)", out))
     facts = json.loads(report.with_suffix(".json").read_text())
     backup = facts["backups"][0]

@@ -26,7 +26,12 @@ from tests.messaging.conftest import (
     Db,
     apply_file,
 )
-from tests.messaging.helpers import assert_unread_exact, refused, stored_unread
+from tests.messaging.helpers import (
+    assert_unread_exact,
+    refused,
+    stored_unread,
+    sync_legacy_columns,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "this text was moderated away"
@@ -72,10 +77,18 @@ def no_secret_anywhere_public(db: Db) -> None:
         assert hits == 0, f"moderated text visible in public.{table}"
 
 
+def v2_rows(db: Db) -> dict[str, tuple[int, str]]:
+    """Row digests, less the legacy sync's position (a time: each apply starts its own)."""
+    rows = row_snapshot(db.admin)
+    assert rows.pop("public.messaging_legacy_sync", (1,))[0] == 1
+    return rows
+
+
 def test_apply_rollback_apply_rollback_is_lossless_and_exact(v2db: Db) -> None:
     ids = write_v2_data(v2db)
+    sync_legacy_columns(v2db)  # as the job would have by now
     applied_schema = schema_snapshot(v2db.admin)
-    applied_rows = row_snapshot(v2db.admin)
+    applied_rows = v2_rows(v2db)
 
     apply_file(v2db.url, ROLLBACK)
     rolled_schema = schema_snapshot(v2db.admin)
@@ -104,7 +117,7 @@ def test_apply_rollback_apply_rollback_is_lossless_and_exact(v2db: Db) -> None:
     # gave today's usage, waits in the archive with it.
     apply_file(v2db.url, V2)
     assert schema_snapshot(v2db.admin) == applied_schema
-    reapplied_rows = row_snapshot(v2db.admin)
+    reapplied_rows = v2_rows(v2db)
     assert reapplied_rows.pop("messaging_v2_archive.broadcast_quotas_v1")[0] == 1
     assert applied_rows.pop("messaging_v2_archive.broadcast_quotas_v1")[0] == 0
     assert reapplied_rows == applied_rows
@@ -117,6 +130,21 @@ def test_apply_rollback_apply_rollback_is_lossless_and_exact(v2db: Db) -> None:
     apply_file(v2db.url, ROLLBACK)
     assert schema_snapshot(v2db.admin) == rolled_schema
     assert row_snapshot(v2db.admin) == rolled_rows
+
+
+def test_rollback_catches_production_columns_up_without_the_job(v2db: Db) -> None:
+    """The legacy sync job never ran: the rollback's own last run leaves production's
+    unread_count and last_message_* exact for the app that takes over."""
+    write_v2_data(v2db)
+    stale = v2db.val("select count(*) from public.conversations c where c.last_message_timestamp "
+                     "is distinct from (select max(created_at) from public.messages m "
+                     "where m.conversation_id = c.id)")
+    assert stale > 0
+    apply_file(v2db.url, ROLLBACK)
+    assert v2db.val("select count(*) from public.conversations c where c.last_message_timestamp "
+                    "is distinct from (select max(created_at) from public.messages m "
+                    "where m.conversation_id = c.id)") == 0
+    assert_unread_exact(v2db)
 
 
 def test_rollback_restores_the_legacy_schema(legacy_db: Db) -> None:
@@ -207,7 +235,8 @@ def test_every_table_has_rls_and_v2_tables_a_comment(v2db: Db) -> None:
     )
     assert {r[0] for r in rows} >= set(MESSAGING_TABLES)
     assert {"broadcast_quotas", "feature_flags", "feature_flag_audit",
-            "moderated_message_texts", "direct_conversations"} == V2_TABLES
+            "moderated_message_texts", "direct_conversations", "conversation_read_marks",
+            "messaging_legacy_sync"} == V2_TABLES
     assert [r[0] for r in rows if not r[1]] == []
     assert [r[0] for r in rows if r[0] in V2_TABLES and not r[2]] == []
 
@@ -342,13 +371,14 @@ def test_pg15_round_trip_and_permission_smoke(pg15, pg15_legacy_template: str) -
         apply_file(url, V2)
         applied = schema_snapshot(db.admin)
         write_v2_data(db)
-        rows = row_snapshot(db.admin)
+        sync_legacy_columns(db)
+        rows = v2_rows(db)
         apply_file(url, ROLLBACK)
         rolled = schema_snapshot(db.admin)
         rolled_rows = row_snapshot(db.admin)
         apply_file(url, V2)
         assert schema_snapshot(db.admin) == applied
-        reapplied = row_snapshot(db.admin)
+        reapplied = v2_rows(db)
         # The rollback gave production's quota table today's usage (one row), kept with it.
         assert reapplied.pop("messaging_v2_archive.broadcast_quotas_v1")[0] == 1
         assert rows.pop("messaging_v2_archive.broadcast_quotas_v1")[0] == 0

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import threading
 
 import psycopg
 
 from tests.messaging.conftest import Api, Db
-from tests.messaging.helpers import assert_unread_exact, exact_unread, refused, stored_unread
+from tests.messaging.helpers import (
+    assert_unread_exact,
+    exact_unread,
+    refused,
+    stored_unread,
+    sync_legacy_columns,
+)
 
 
 def pair(db: Db) -> tuple[str, str, str]:
@@ -43,7 +50,9 @@ def old_build_mark_read(api: Api, conv: str, user: str) -> None:
 
 
 def state(db: Db, conv: str, attendee: str) -> tuple:
-    """Last message, the attendee's and the MVP's unread counts, read-state per message."""
+    """Last message, the attendee's and the MVP's unread counts, read-state per message: what
+    today's builds read, once the legacy sync has run."""
+    sync_legacy_columns(db)
     return db.q(
         "select c.last_message_text, "
         "(select array_agg(cp.unread_count order by cp.user_id = %s) "
@@ -141,3 +150,58 @@ def test_exact_unread_counts_under_50_concurrent_sends(v2db: Db) -> None:
         "where m.conversation_id = c.id and m.created_at = c.last_message_timestamp "
         "and m.message_text = c.last_message_text) from public.conversations c where c.id = %s",
         (conv,)) is True
+
+
+def inbox_row(db: Db, user: str, conv: str) -> tuple:
+    rows = {str(r[0]): r for r in db.as_user(user).rpc("get_user_conversations")}
+    return rows[conv][3], rows[conv][5]
+
+
+def test_a_send_writes_the_message_only_and_the_sync_catches_production_columns_up(
+        v2db: Db) -> None:
+    a, m, conv = pair(v2db)
+    sync_legacy_columns(v2db)
+    legacy = v2db.q("select c.last_message_text, cp.unread_count from public.conversations c "
+                    "join public.conversation_participants cp on cp.conversation_id = c.id "
+                    "where c.id = %s and cp.user_id = %s", (conv, a))
+    assert legacy == [("hi", 0)]
+    v2db.as_user(m).rpc1("send_message", p_conversation_id=conv, p_message_text="later")
+    # The API answers from the messages at once ...
+    assert inbox_row(v2db, a, conv) == ("later", 1)
+    assert v2db.as_user(a).rpc1("get_total_unread_count") == 1
+    # ... production's columns (today's builds) are untouched by the send ...
+    assert v2db.q("select c.last_message_text, cp.unread_count from public.conversations c "
+                  "join public.conversation_participants cp on cp.conversation_id = c.id "
+                  "where c.id = %s and cp.user_id = %s", (conv, a)) == legacy
+    # ... until the job runs; a second run has nothing left to do.
+    assert sync_legacy_columns(v2db) == 2
+    assert stored_unread(v2db, conv, a) == 1
+    assert v2db.val("select last_message_text from public.conversations where id = %s",
+                    (conv,)) == "later"
+    assert sync_legacy_columns(v2db) == 0
+
+
+def test_a_message_committed_late_is_neither_lost_by_the_sync_nor_hidden_by_a_read_mark(
+        v2db: Db) -> None:
+    """A message's time is its transaction's start. One that commits after a sync run or a
+    mark-read that began later is still counted: both stop at the oldest open transaction."""
+    a, m, conv = pair(v2db)
+    sync_legacy_columns(v2db)
+    late = psycopg.connect(v2db.url)  # a transaction left open across the others
+    try:
+        late.execute("set local role authenticated")
+        late.execute("select set_config('request.jwt.claims', %s, true)",
+                     (json.dumps({"role": "authenticated", "sub": m}),))
+        late.execute("select public.send_message(%s, 'slow')", (conv,))
+        v2db.as_user(m).rpc1("send_message", p_conversation_id=conv, p_message_text="fast")
+        v2db.as_user(a).rpc("mark_conversation_read", p_conversation_id=conv)
+        sync_legacy_columns(v2db)
+        assert stored_unread(v2db, conv, a) == 0
+        late.commit()
+    finally:
+        late.close()
+    # "slow" is older than the read mark's time, but the reader never saw it.
+    assert exact_unread(v2db, conv, a) == 1
+    assert inbox_row(v2db, a, conv)[1] == 1
+    assert stored_unread(v2db, conv, a) == 1
+    assert_unread_exact(v2db)

@@ -357,11 +357,17 @@ async function proxyFunction(req: Request, name: string, rest: string): Promise<
   }
 }
 
-// ---- the local cron: `schedules.json` = [{name, schedule, function, body}] --------------------
+// ---- the local cron: `schedules.json` = [{name, schedule, function, body} | {name, schedule, sql}]
 
-type Job = { name: string; schedule: string; function: string; body?: unknown };
+type Job = { name: string; schedule: string; function?: string; body?: unknown; sql?: string };
 const running = new Map<string, Cron>();
 let schedulesMtime = -1;
+
+// pg_cron's interval form 'N seconds' as a six-field (seconds first) croner pattern.
+function cronPattern(schedule: string): string {
+  const seconds = /^(\d+)\s*seconds?$/i.exec(schedule.trim());
+  return seconds ? `*/${seconds[1]} * * * * *` : schedule;
+}
 
 async function reloadSchedules() {
   const path = `${stateDir}/schedules.json`;
@@ -379,7 +385,9 @@ async function reloadSchedules() {
   for (const cron of running.values()) cron.stop();
   running.clear();
   for (const job of jobs) {
-    running.set(job.name, new Cron(job.schedule, { timezone: "UTC" }, () => runJob(job)));
+    // protect: one run of a job at a time (a run still going when the next is due skips it)
+    running.set(job.name, new Cron(cronPattern(job.schedule), { timezone: "UTC", protect: true },
+      () => runJob(job)));
   }
 }
 
@@ -389,17 +397,24 @@ async function runJob(job: Job) {
   let detail = "";
   let httpStatus: number | null = null;
   try {
-    // As the pg_cron job on hosted: the secret API key in `apikey` (the function checks it).
-    const key = await Deno.readTextFile(`${stateDir}/secrets/secret_key`);
-    const res = await fetch(`http://${host}:${port}/functions/v1/${job.function}`, {
-      method: "POST",
-      headers: { "content-type": "application/json", apikey: key.trim() },
-      body: JSON.stringify(job.body ?? {}),
-    });
-    detail = `HTTP ${res.status}`;
-    httpStatus = res.status;
-    await res.body?.cancel();
-    status = res.ok ? "succeeded" : "failed";
+    if (job.sql !== undefined) {
+      // As pg_cron: the command runs in the database as the job's owner.
+      const rows = await sql.unsafe(job.sql);
+      detail = `${rows.count ?? rows.length} row(s)`;
+      status = "succeeded";
+    } else {
+      // As the pg_cron job on hosted: the secret API key in `apikey` (the function checks it).
+      const key = await Deno.readTextFile(`${stateDir}/secrets/secret_key`);
+      const res = await fetch(`http://${host}:${port}/functions/v1/${job.function}`, {
+        method: "POST",
+        headers: { "content-type": "application/json", apikey: key.trim() },
+        body: JSON.stringify(job.body ?? {}),
+      });
+      detail = `HTTP ${res.status}`;
+      httpStatus = res.status;
+      await res.body?.cancel();
+      status = res.ok ? "succeeded" : "failed";
+    }
   } catch (err) {
     detail = String((err as Error).message ?? err);
   }
