@@ -21,11 +21,12 @@
 //   /health                   → the gateway's own health, for `rollout local status`.
 //
 // It also runs the local cron schedule (the hosted platform's pg_cron + pg_net stand-in):
-// jobs from the schedules file, each an HTTP POST to a function with the service-role key.
+// jobs from the schedules file, each an HTTP POST to a function with the service-role key, or a
+// SQL command run as the owner.
 //
 // Configuration (env): GATEWAY_ADDRESS host:port, GATEWAY_DB_URL (connects as `authenticator`),
 // GATEWAY_JWT_SECRET, GATEWAY_JWKS, GATEWAY_PUBLISHABLE_KEY, GATEWAY_SECRET_KEY,
-// GATEWAY_STATE_DIR (routes.json, schedules.json, cron.log).
+// GATEWAY_STATE_DIR (routes.json, schedules.json, cron.log), GATEWAY_CRON_DB_URL (SQL jobs).
 
 import postgres from "npm:postgres@3.4.7";
 import * as jose from "npm:jose@6.1.0";
@@ -51,6 +52,11 @@ const sql = postgres(required("GATEWAY_DB_URL"), {
   idle_timeout: 30,
   prepare: false,
   onnotice: () => {},
+});
+
+// SQL cron jobs: one connection as the owner (pg_cron runs a job as the role that scheduled it).
+const cronSql = postgres(required("GATEWAY_CRON_DB_URL"), {
+  max: 1, idle_timeout: 30, prepare: false, onnotice: () => {},
 });
 
 const API_ROLES = new Set(["anon", "authenticated", "service_role"]);
@@ -399,7 +405,7 @@ async function runJob(job: Job) {
   try {
     if (job.sql !== undefined) {
       // As pg_cron: the command runs in the database as the job's owner.
-      const rows = await sql.unsafe(job.sql);
+      const rows = await cronSql.unsafe(job.sql);
       detail = `${rows.count ?? rows.length} row(s)`;
       status = "succeeded";
     } else {

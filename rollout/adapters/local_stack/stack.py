@@ -269,6 +269,8 @@ class LocalStack:
             **_base_env(),
             "GATEWAY_ADDRESS": f"127.0.0.1:{self.state.api_port}",
             "GATEWAY_DB_URL": self.postgres.url("postgres", user="authenticator"),
+            # SQL cron jobs run as the owner, as pg_cron runs a job as the role that scheduled it
+            "GATEWAY_CRON_DB_URL": self.postgres.url("postgres"),
             "GATEWAY_JWT_SECRET": self.secret("jwt_secret"),
             "GATEWAY_JWKS": self.secret("jwks"),
             "GATEWAY_PUBLISHABLE_KEY": self.secret("publishable_key"),
