@@ -3,7 +3,7 @@
 Four pgbench scripts, 8 clients, run in turn `rounds` times on the same server:
 
 - raw: one single-statement insert into `bench_messages`, a table shaped like `messages`
-  (same columns, defaults and indexes; no trigger, foreign key or RLS);
+  (same columns, defaults and indexes, copied from it; no trigger, foreign key or RLS);
 - ceiling: PostgREST's transaction shape (`begin; set local role authenticated;
   set_config('request.jwt.claims', …, true); select fn(…); commit`) around a function that only
   inserts one row into `bench_messages` — the most any RPC of that shape can do;
@@ -51,11 +51,8 @@ select row_number() over () as i, sender, recipient,
                               and d.user_high = greatest(a.id, m.id))) fresh;
 alter table public.bench_first_pairs add primary key (i);
 create sequence public.bench_first_seq;
-create table public.bench_messages (like public.messages including defaults);
-alter table public.bench_messages add primary key (id);
-create index on public.bench_messages (conversation_id);
-create index on public.bench_messages (created_at);
-create index on public.bench_messages (sender_id);
+-- messages' columns, defaults and indexes (whatever messages has now), no trigger, FK or RLS
+create table public.bench_messages (like public.messages including defaults including indexes);
 create or replace function public.bench_insert_one(p_recipient_id uuid, p_message_text text)
 returns uuid language sql volatile security definer set search_path = '' as $$
   insert into public.bench_messages (conversation_id, sender_id, message_text)

@@ -249,11 +249,13 @@ comment on table public.conversation_read_marks is
 alter table public.conversation_read_marks enable row level security;
 
 -- Where the next run of sync_legacy_message_columns() starts (no message created before it is
--- still uncommitted).
+-- still uncommitted), and the messages at or after it that production's trigger counted before
+-- v2 replaced it.
 create table if not exists public.messaging_legacy_sync (
   singleton boolean primary key default true
     constraint messaging_legacy_sync_singleton check (singleton),
   synced_from timestamptz not null,
+  counted_before uuid[] not null default '{}',
   last_run_at timestamptz,
   last_changed integer
 );
@@ -543,11 +545,15 @@ select c.id as conversation_id, l.message_text, l.created_at
 comment on view public.conversation_last_message is
   'Newest message of each conversation (ties: the larger id). Functions only.';
 
--- Production's columns for today's builds, recounted for every conversation with a message
--- created since the last run, up to the horizon (a message not seen now is created after it,
--- and the next run sees it). The last message only moves forward, as production's trigger
--- moved it (a tie in time keeps what is there). `p_until` replaces the horizon when no insert
--- can be in flight (the rollback holds messages locked).
+-- Production's columns for today's builds. Each run takes the messages created since the last
+-- run and before the horizon (all committed: a message not seen now is created after it, and the
+-- next run takes it), so every message is taken exactly once: a conversation's last message
+-- moves forward to the newest (a tie in time keeps what is there, as production's trigger did),
+-- and each other participant who has not read a message gets one more unread (broadcasts are
+-- counted by send_broadcast, which writes every recipient's row anyway). A participant row
+-- that changed since the run read it (a mark-read) is locked and counted again. Messages
+-- production's trigger already counted when v2 was applied are skipped. `p_until` replaces the
+-- horizon when no insert can be in flight (the rollback holds messages locked).
 create or replace function public.sync_legacy_message_columns(p_until timestamptz default null)
 returns integer
 language plpgsql
@@ -556,48 +562,91 @@ security definer
 set search_path = ''
 as $$
 declare
-  v_from timestamptz;
+  v_sync public.messaging_legacy_sync%rowtype;
   v_next timestamptz;
-  v_conversations uuid[];
-  v_changed integer := 0;
+  v_changed integer;
   v_rows integer;
+  v_conflict_conversations uuid[];
+  v_conflict_users uuid[];
 begin
   -- One run at a time; a run that waited starts where the other ended.
-  select synced_from into v_from from public.messaging_legacy_sync where singleton for update;
+  select * into v_sync from public.messaging_legacy_sync where singleton for update;
   if not found then
     raise exception 'messaging_legacy_sync has no row: is messaging v2 applied?';
   end if;
-  v_next := coalesce(p_until, public.messaging_horizon());
-  select coalesce(array_agg(distinct m.conversation_id), '{}') into v_conversations
-    from public.messages m where m.created_at >= v_from and m.created_at < v_next;
-  if cardinality(v_conversations) > 0 then
-    -- The lock order of every write in a conversation: its row, then its participants'. Old
-    -- builds' inserts and mark-read wait here and then add to the fresh figures.
-    perform 1 from public.conversations where id = any (v_conversations) order by id for update;
-    perform 1 from public.conversation_participants where conversation_id = any (v_conversations)
-      order by conversation_id, user_id for update;
-    update public.conversations c
-       set last_message_text = l.message_text, last_message_timestamp = l.created_at
-      from public.conversation_last_message l
-     where l.conversation_id = any (v_conversations) and c.id = l.conversation_id
-       and (c.last_message_timestamp is null or l.created_at > c.last_message_timestamp);
-    get diagnostics v_rows = row_count;
-    v_changed := v_rows;
-    -- (A recount that reaches 0 is not a read: the mark-read trigger stays out of it.)
-    perform pg_catalog.set_config('messaging.legacy_sync', 'on', true);
+  v_next := greatest(v_sync.synced_from, coalesce(p_until, public.messaging_horizon()));
+
+  update public.conversations c
+     set last_message_text = l.message_text, last_message_timestamp = l.created_at
+    from (select distinct on (m.conversation_id) m.conversation_id, m.message_text, m.created_at
+            from public.messages m
+           where m.created_at >= v_sync.synced_from and m.created_at < v_next
+           order by m.conversation_id, m.created_at desc, m.id desc) l
+   where c.id = l.conversation_id
+     and (c.last_message_timestamp is null or l.created_at > c.last_message_timestamp);
+  get diagnostics v_changed = row_count;
+
+  -- Unread per participant: applied only to the row version the count was made against.
+  with delta as (
+    select m.conversation_id, cp.user_id, count(*)::integer as n
+      from public.messages m
+      join public.conversation_participants cp on cp.conversation_id = m.conversation_id
+     where m.created_at >= v_sync.synced_from and m.created_at < v_next
+       and not (m.id = any (v_sync.counted_before)) and not m.is_broadcast
+       and m.sender_id is distinct from cp.user_id
+       and not (cp.user_id = any (coalesce(m.read_by_user_ids, '{}')))
+     group by m.conversation_id, cp.user_id
+  ), seen as (
+    select d.*, cp.xmin as row_version
+      from delta d
+      join public.conversation_participants cp
+        on cp.conversation_id = d.conversation_id and cp.user_id = d.user_id
+  ), applied as (
     update public.conversation_participants cp
-       set unread_count = u.unread_count
-      from public.participant_unread u
-     where u.conversation_id = any (v_conversations)
-       and cp.conversation_id = u.conversation_id and cp.user_id = u.user_id
-       and cp.unread_count is distinct from u.unread_count;
+       set unread_count = coalesce(cp.unread_count, 0) + s.n
+      from seen s
+     where cp.conversation_id = s.conversation_id and cp.user_id = s.user_id
+       and cp.xmin = s.row_version
+    returning cp.conversation_id, cp.user_id
+  )
+  select (select count(*) from applied),
+         coalesce(array_agg(s.conversation_id), '{}'), coalesce(array_agg(s.user_id), '{}')
+    into v_rows, v_conflict_conversations, v_conflict_users
+    from seen s
+   where not exists (select 1 from applied a
+                      where a.conversation_id = s.conversation_id and a.user_id = s.user_id);
+  v_changed := v_changed + v_rows;
+
+  if cardinality(v_conflict_users) > 0 then
+    -- Changed since (a mark-read, most likely): locked, then counted again against what is
+    -- committed now.
+    perform 1
+       from public.conversation_participants cp
+       join unnest(v_conflict_conversations, v_conflict_users) k (conversation_id, user_id)
+         on cp.conversation_id = k.conversation_id and cp.user_id = k.user_id
+      order by cp.conversation_id, cp.user_id
+        for update of cp;
+    update public.conversation_participants cp
+       set unread_count = coalesce(cp.unread_count, 0) + d.n
+      from (select m.conversation_id, k.user_id, count(*)::integer as n
+              from unnest(v_conflict_conversations, v_conflict_users) k (conversation_id, user_id)
+              join public.messages m on m.conversation_id = k.conversation_id
+             where m.created_at >= v_sync.synced_from and m.created_at < v_next
+               and not (m.id = any (v_sync.counted_before)) and not m.is_broadcast
+               and m.sender_id is distinct from k.user_id
+               and not (k.user_id = any (coalesce(m.read_by_user_ids, '{}')))
+             group by m.conversation_id, k.user_id) d
+     where cp.conversation_id = d.conversation_id and cp.user_id = d.user_id;
     get diagnostics v_rows = row_count;
     v_changed := v_changed + v_rows;
-    perform pg_catalog.set_config('messaging.legacy_sync', '', true);
   end if;
+
   update public.messaging_legacy_sync
-     set synced_from = greatest(synced_from, v_next), last_run_at = pg_catalog.now(),
-         last_changed = v_changed
+     set synced_from = v_next,
+         counted_before = array(select m.id from public.messages m
+                                 where m.id = any (v_sync.counted_before)
+                                   and m.created_at >= v_next),
+         last_run_at = pg_catalog.now(), last_changed = v_changed
    where singleton;
   return v_changed;
 end;
@@ -606,8 +655,13 @@ comment on function public.sync_legacy_message_columns(timestamptz) is
   'Keeps production''s last_message_* and unread_count for today''s builds (a cron job; the '
   'rollback runs it once more). Returns the rows changed. Definer: writes every user''s rows.';
 
-insert into public.messaging_legacy_sync (singleton, synced_from)
-values (true, public.messaging_horizon())
+-- From here no insert into messages runs until commit, and every one before it was counted by
+-- production's trigger: those created at or after the horizon are remembered, not counted again.
+lock table public.messages in share row exclusive mode;
+insert into public.messaging_legacy_sync (singleton, synced_from, counted_before)
+select true, h.horizon,
+       array(select m.id from public.messages m where m.created_at >= h.horizon)
+  from (select public.messaging_horizon() as horizon) h
 on conflict (singleton) do nothing;
 
 create or replace function public.messages_before_insert_v2()
@@ -644,6 +698,14 @@ security definer
 set search_path = ''
 as $$
 begin
+  -- A message dated before the legacy sync's position is behind it: counted here, at once.
+  -- Otherwise the sync takes it (the share lock keeps its next run waiting until this commits).
+  perform 1 from public.messaging_legacy_sync
+   where singleton and new.created_at >= synced_from
+     for share;
+  if found then
+    return new;
+  end if;
   -- Lock order for every write in a conversation: conversation row, then participant rows,
   -- then message rows.
   -- One statement that always locks and updates the row (so concurrent senders serialise on
@@ -664,8 +726,9 @@ begin
 end;
 $$;
 comment on function public.messages_after_insert_v2() is
-  'Last message and unread counts after a direct insert by today''s builds (replaces '
-  'production''s messages_after_insert_trigger). Definer: updates other users'' rows.';
+  'Last message and unread counts for a message dated in the past, which the legacy sync has '
+  'gone by (replaces production''s messages_after_insert_trigger). Definer: updates other '
+  'users'' rows.';
 
 create or replace function public.messages_before_update_v2()
 returns trigger
@@ -828,13 +891,12 @@ create trigger messages_before_insert_v2
              E'\t\n\u000b\f\r \u0085\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000\ufeff'))
   execute function public.messages_before_insert_v2();
 drop trigger if exists messages_after_insert_v2 on public.messages;
--- Today's builds insert directly and read production's columns: their inserts keep them at
--- once, as do inserts dated other than now (a backfill: the legacy sync only looks at messages
--- created since its last run). v2's functions write only the message, and the sync catches up.
+-- A message is counted into production's columns once: by the legacy sync (every message
+-- dated now, whoever inserts it), or here, for one dated in the past (a backfill) that the sync
+-- may have gone by.
 create trigger messages_after_insert_v2
   after insert on public.messages
-  for each row when (current_user in ('authenticated', 'anon')
-                     or new.created_at is distinct from now())
+  for each row when (new.created_at < now())
   execute function public.messages_after_insert_v2();
 drop trigger if exists messages_before_update_v2 on public.messages;
 create trigger messages_before_update_v2
@@ -849,8 +911,7 @@ drop trigger if exists conversation_participants_after_update_v2
   on public.conversation_participants;
 create trigger conversation_participants_after_update_v2
   after update of unread_count on public.conversation_participants
-  for each row when (new.unread_count = 0
-                     and current_setting('messaging.legacy_sync', true) is distinct from 'on')
+  for each row when (new.unread_count = 0)
   execute function public.conversation_participants_after_update_v2();
 drop trigger if exists feature_flags_before_write on public.feature_flags;
 create trigger feature_flags_before_write
@@ -904,13 +965,35 @@ create or replace function public.send_direct_message(
 returns uuid language plpgsql volatile security definer set search_path = '' as $$
 declare
   v_uid uuid := auth.uid();
-  v_text text := public.normalize_message_text(p_message_text);
+  v_text text;
   v_sender text;
   v_recipient text;
   v_conv uuid;
   v_can_reply boolean;
   v_id uuid;
 begin
+  -- The steady state in one statement: the pair's conversation exists, the caller may reply in
+  -- it, the text is 1..1000 characters once trimmed (normalize_message_text's white space).
+  -- Anything else writes nothing here and takes the full path below, which says why.
+  insert into public.messages (conversation_id, sender_id, message_text, read_by_user_ids)
+  select d.conversation_id, v_uid, t.message_text, array[v_uid]
+    from (select pg_catalog.btrim(p_message_text, E'\t\n\u000b\f\r \u0085\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000\ufeff')
+                 as message_text) t
+    join public.direct_conversations d
+      on d.user_low = least(v_uid, p_recipient_id) and d.user_high = greatest(v_uid, p_recipient_id)
+    join public.conversation_participants cp
+      on cp.conversation_id = d.conversation_id and cp.user_id = v_uid
+    join public.profiles s on s.id = v_uid
+    join public.profiles r on r.id = p_recipient_id
+   where char_length(t.message_text) between 1 and 1000
+     and coalesce(cp.can_reply, true) and lower(s.role) is distinct from 'dealer'
+     and (p_show_id is null or exists (select 1 from public.shows where id = p_show_id))
+  returning id into v_id;
+  if v_id is not null then
+    return v_id;
+  end if;
+
+  v_text := public.normalize_message_text(p_message_text);
   -- One query of index lookups: both roles, the pair's conversation and the caller's place in
   -- it. The advisory lock is only taken to create a pair's first conversation.
   -- (A pair's row goes when either participant leaves, so a pair found has both in it.)
@@ -1068,11 +1151,11 @@ begin
 
   -- A broadcast is production's 'show' conversation: the sender may write (can_reply), each
   -- recipient reads (can_reply = false); role_when_added given here, not looked up per row.
-  insert into public.conversations (type, show_id)
-  values ('show', p_show_id)
+  -- Production's columns are written with the rows (the message is the last one, each
+  -- recipient joins with its one unread): the legacy sync leaves broadcasts alone.
+  insert into public.conversations (type, show_id, last_message_text, last_message_timestamp)
+  values ('show', p_show_id, v_text, now())
   returning id into v_conv;
-  -- The message goes in before the recipients, who then join with their one unread: the
-  -- bookkeeping trigger finds only the sender, instead of updating every recipient's row.
   insert into public.conversation_participants
     (conversation_id, user_id, can_reply, role_when_added, display_name, photo_url)
   select v_conv, p.id, true, p.role,

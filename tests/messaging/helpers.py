@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 import psycopg
@@ -60,10 +60,13 @@ _DEFINITION = (
 )
 
 
-def assert_unread_exact(db: Any) -> None:
+def assert_unread_exact(db: Any, single_reads: Collection[tuple[str, str]] = ()) -> None:
     """Every participant's unread count equals the definition: under v2 the derived count (what
     the API answers) at once, and production's unread_count column once the legacy sync has
-    run; before v2, the column."""
+    run; before v2, the column. `single_reads`: (conversation, user) pairs where the user added
+    themselves to read_by_user_ids of single messages without reading the conversation (today's
+    builds never do): production's column, like production's trigger, still counts those until
+    the next reset, so there it may only be higher."""
     if v2_applied(db):
         derived = db.q(
             f"select cp.conversation_id, cp.user_id, u.unread_count, {_DEFINITION} "
@@ -74,8 +77,9 @@ def assert_unread_exact(db: Any) -> None:
         assert not wrong, ("derived", wrong)
         sync_legacy_columns(db)
     rows = db.q(
-        f"select cp.conversation_id, cp.user_id, cp.unread_count, {_DEFINITION} "
+        f"select cp.conversation_id::text, cp.user_id::text, cp.unread_count, {_DEFINITION} "
         "from public.conversation_participants cp"
     )
-    wrong = [r for r in rows if r[2] != r[3]]
+    allowed = set(single_reads)
+    wrong = [r for r in rows if r[2] != r[3] and not ((r[0], r[1]) in allowed and r[2] > r[3])]
     assert not wrong, ("stored", wrong)

@@ -17,7 +17,7 @@ from rollout.adapters.local_stack.bootstrap import apply_bootstrap
 from tests.conftest import create_database
 from tests.messaging.catalog import row_snapshot, schema_snapshot
 from tests.messaging.conftest import LEGACY, ROLLBACK, V2, Api, Db, apply_file
-from tests.messaging.helpers import assert_unread_exact, refused
+from tests.messaging.helpers import assert_unread_exact, refused, sync_legacy_columns
 
 SHARED_SCHEMA = Path(__file__).resolve().parents[3] / "shared" / "production" / "app_schema.sql"
 SIZES = Sizes(users=1_000, shows=100, conversations=2_000, messages=20_000)
@@ -212,11 +212,14 @@ def test_the_app_registers_reads_sends_and_marks_read_directly(prod: Db) -> None
     api.sql("insert into public.show_participants (userid, showid) values (%s, %s)", (me, show))
     refused(lambda: api.sql("insert into public.show_participants (userid, showid) "
                             "values (%s, %s)", (other, show)), "42501")
-    # Send in its own conversation: the other side's unread goes up by exactly one.
+    # Send in its own conversation: the other side's unread goes up by exactly one (once the
+    # legacy sync has run, as its job does every few seconds).
+    sync_legacy_columns(prod)
     unread = prod.val("select unread_count from public.conversation_participants "
                       "where conversation_id = %s and user_id = %s", (conv, other))
     api.sql("insert into public.messages (conversation_id, sender_id, message_text) "
             "values (%s, %s, 'hi from the old build')", (conv, me))
+    sync_legacy_columns(prod)
     assert prod.val("select unread_count from public.conversation_participants "
                     "where conversation_id = %s and user_id = %s", (conv, other)) == unread + 1
     assert prod.val("select last_message_text from public.conversations where id = %s",
