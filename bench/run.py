@@ -51,6 +51,7 @@ RUNS = 3  # every figure is the median of this many runs (min and max beside it)
 EXPLAIN = ROOT / "bench" / "explain"
 FANOUTS = (100, 1000, 5000)
 INBOX_CONVERSATIONS = 1000
+LEGACY_SYNC_JOB = "messaging-legacy-sync"
 INBOX_CALLS = 200
 LEGACY_MESSAGES = 1_000_000
 
@@ -127,7 +128,15 @@ def timed(action: Callable[[], Any]) -> float:
 
 
 def bench_dm_rate(s: LocalStack) -> dict[str, Any]:
-    return sql_rates.dm_rates(s.db_url, wheel_bin_dir() / "pgbench", rounds=RUNS)
+    """pgbench rates; the plan's legacy sync job is paused meanwhile (dm_rates runs it itself
+    while it measures the send with it)."""
+    jobs = s.schedules()
+    s.set_schedules([j for j in jobs if j["name"] != LEGACY_SYNC_JOB])
+    time.sleep(2)  # the gateway reloads its schedules every second
+    try:
+        return sql_rates.dm_rates(s.db_url, wheel_bin_dir() / "pgbench", rounds=RUNS)
+    finally:
+        s.set_schedules(jobs)
 
 
 # ---- 2. broadcast fan-out ----------------------------------------------------------------------
@@ -192,10 +201,16 @@ def bench_inbox(s: LocalStack) -> dict[str, float]:
                      f"unread_count) select {conv}, %(u)s, 1 from generate_series(1, %(n)s) g "
                      f"union all select {conv}, {partner}, 0 from generate_series(1, %(n)s) g",
                      params)
+        # Ten messages a conversation, the newest one unread (production's columns as the
+        # legacy sync leaves them: the inserts bypass the triggers).
         conn.execute(f"insert into public.messages (conversation_id, sender_id, message_text, "
                      f"created_at, read_by_user_ids) select {conv}, {partner}, 'hello ' || g, "
-                     f"now() - g * interval '1 minute', array[{partner}] "
-                     f"from generate_series(1, %(n)s) g", params)
+                     f"now() - g * interval '1 minute' - k * interval '1 second', "
+                     f"case when k = 0 then array[{partner}] "
+                     f"else array[{partner}, %(u)s::uuid] end "
+                     f"from generate_series(1, %(n)s) g, generate_series(0, 9) k", params)
+        # ... and the legacy sync past them, as its job leaves it a few seconds on.
+        conn.execute("update public.messaging_legacy_sync set synced_from = now()")
     sql(url, "analyze")
     headers = {"apikey": s.secret("anon_key"),
                "Authorization": f"Bearer {mint_token(s.secret('jwt_secret'), user, 3600)}"}
@@ -361,6 +376,8 @@ def explain_plans(s: LocalStack) -> dict[str, str]:
 
 def spread(values: list[float], fmt: str = "{:.1f}", unit: str = "") -> str:
     """median (min – max) of a figure's runs."""
+    if not values:
+        return "—"
     med, low, high = statistics.median(values), min(values), max(values)
     return f"{fmt.format(med)}{unit} (min {fmt.format(low)}, max {fmt.format(high)})"
 
@@ -401,14 +418,21 @@ def write_results(info: dict[str, str], dm: dict[str, Any], fanout: dict[int, li
          "(the shape's ceiling)", spread(rates["ceiling"], "{:.0f}", " tx/s"), "—"),
         ("… a raw single-statement insert into that table",
          spread(rates["raw"], "{:.0f}", " tx/s"), "—"),
-        ("**DM ÷ ceiling**", f"{dm['dm_over_ceiling']:.2f}", "≥ 0.8"),
+        ("**DM ÷ ceiling** (the send alone: it writes the message row only)",
+         f"{dm['dm_over_ceiling']:.2f}", "≥ 0.8"),
+        (f"DM with the legacy sync job running every {sql_rates.SYNC_SECONDS} s (production's "
+         f"columns for today's builds) ÷ ceiling — "
+         f"{spread(rates['dm_sync'], '{:.0f}', ' tx/s')}; each run of the job took "
+         f"{spread([1000 * v for v in dm['sync_run_seconds']], '{:.0f}', ' ms')}",
+         f"{dm['dm_sync_over_ceiling']:.2f}", "—"),
         ("first message of a pair (creates the conversation) ÷ ceiling",
          f"{dm['first_over_ceiling']:.2f} ({spread(rates['first'], '{:.0f}', ' tx/s')})", "—"),
         *[(f"broadcast fan-out, `send_broadcast` as organizer, {n:,} recipients",
            spread([1000 * v for v in fanout[n]], "{:.0f}", " ms"),
            "< 150 ms" if n == 5000 else "—") for n in FANOUTS],
         (f"inbox `get_user_conversations()` via the gateway, {INBOX_CONVERSATIONS:,} "
-         f"conversations ({INBOX_CALLS} calls a run), p99",
+         f"conversations of 10 messages, one unread in each "
+         f"({INBOX_CALLS} calls a run), p99",
          spread(inbox["p99"], "{:.1f}", " ms"), "p99 < 20 ms"),
         ("… p50", spread(inbox["p50"], "{:.1f}", " ms"), "—"),
         (f"maintenance window (writes refused, on → off) applying v2 to production's schema with "
@@ -473,7 +497,8 @@ def main() -> int:
         rollout(env, "apply", "plans/local.yaml", "--yes", "--to", "deploy-functions")
         log("1/7 DM send rate vs its ceiling (pgbench)")
         dm = bench_dm_rate(s)
-        log(f"    {dm['median']} dm/ceiling {dm['dm_over_ceiling']:.2f}")
+        log(f"    {dm['median']} dm/ceiling {dm['dm_over_ceiling']:.2f} "
+            f"with the sync job {dm['dm_sync_over_ceiling']:.2f}")
         log("2/7 broadcast fan-out")
         fanout = bench_fanout(s)
         log(f"    {fanout}")

@@ -1,6 +1,6 @@
 """DM send rate against the physical limit of its call shape (pgbench, alternated in one run).
 
-Four pgbench scripts, 8 clients, run in turn `rounds` times on the same server:
+Five pgbench runs, 8 clients, in turn `rounds` times on the same server:
 
 - raw: one single-statement insert into `bench_messages`, a table shaped like `messages`
   (same columns, defaults and indexes, copied from it; no trigger, foreign key or RLS);
@@ -8,10 +8,15 @@ Four pgbench scripts, 8 clients, run in turn `rounds` times on the same server:
   set_config('request.jwt.claims', …, true); select fn(…); commit`) around a function that only
   inserts one row into `bench_messages` — the most any RPC of that shape can do;
 - dm: the same shape around `send_direct_message`, attendee → MVP dealer pairs whose direct
-  conversation already exists (steady state);
+  conversation already exists (steady state) — the send alone;
+- dm_sync: the same, while the legacy sync job runs every SYNC_SECONDS as the plan schedules it
+  (`sync_legacy_message_columns()`: production's columns for today's builds), so its cost is in
+  the figure;
 - first: the same shape, pairs that have no conversation yet (each used once: first messages).
 
-Reported: the median rate of each (with min and max) and dm ÷ ceiling, first ÷ ceiling.
+The caller pauses the scheduled job for the whole measurement (dm_sync runs it itself).
+Reported: the median rate of each (with min and max) and dm ÷ ceiling, dm_sync ÷ ceiling,
+first ÷ ceiling.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ import re
 import statistics
 import subprocess
 import tempfile
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -113,13 +120,44 @@ def pgbench(binary: Path, url: str, script: Path, seconds: int, clients: int,
     return float(match.group(1))
 
 
+SYNC_SECONDS = 5  # the plans' schedule of the legacy sync job
+RUNS = ("raw", "ceiling", "dm", "dm_sync", "first")
+
+
+class LegacySyncJob:
+    """The legacy sync job, run every SYNC_SECONDS while in use (as the plan's cron job)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.runs: list[float] = []
+
+    def _run(self) -> None:
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            while not self.stop.wait(SYNC_SECONDS):
+                began = time.perf_counter()
+                conn.execute("select public.sync_legacy_message_columns()")
+                self.runs.append(time.perf_counter() - began)
+
+    def __enter__(self) -> LegacySyncJob:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(120)
+
+
 def dm_rates(url: str, binary: Path, *, rounds: int = 3, seconds: int = 5,
              clients: int = 8) -> dict[str, Any]:
-    """Median rates of raw / ceiling / dm / first, alternated, and the ratios."""
+    """Median rates of raw / ceiling / dm / dm_sync / first, alternated, and the ratios."""
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(SETUP)
+        conn.execute("select public.sync_legacy_message_columns()")  # caught up before
         pairs = conn.execute("select count(*) from public.bench_pairs").fetchone()[0]
-    rates: dict[str, list[float]] = {name: [] for name in SCRIPTS}
+    rates: dict[str, list[float]] = {name: [] for name in RUNS}
+    sync_runs: list[float] = []
     with tempfile.TemporaryDirectory(prefix="rollout-pgbench-") as tmp:
         files = {}
         for name, text in SCRIPTS.items():
@@ -127,15 +165,25 @@ def dm_rates(url: str, binary: Path, *, rounds: int = 3, seconds: int = 5,
             files[name].write_text(text)
         try:
             for _ in range(rounds):
-                for name in SCRIPTS:
-                    rates[name].append(pgbench(binary, url, files[name], seconds, clients,
-                                               {"pairs": pairs}))
+                for name in RUNS:
+                    script = files["dm" if name == "dm_sync" else name]
+                    if name != "dm_sync":
+                        rates[name].append(pgbench(binary, url, script, seconds, clients,
+                                                   {"pairs": pairs}))
+                        continue
+                    with LegacySyncJob(url) as job:  # long enough for the job to run twice
+                        rates[name].append(pgbench(binary, url, script, 2 * SYNC_SECONDS,
+                                                   clients, {"pairs": pairs}))
+                    sync_runs += job.runs
+                with psycopg.connect(url, autocommit=True) as conn:  # the backlog, off the clock
+                    conn.execute("select public.sync_legacy_message_columns()")
         finally:
             with psycopg.connect(url, autocommit=True) as conn:
                 conn.execute(TEARDOWN)
     medians = {name: statistics.median(values) for name, values in rates.items()}
     return {"clients": clients, "seconds": seconds, "rounds": rounds, "pairs": pairs,
-            "rates": rates, "median": medians,
+            "rates": rates, "median": medians, "sync_run_seconds": sync_runs,
             "dm_over_ceiling": medians["dm"] / medians["ceiling"],
+            "dm_sync_over_ceiling": medians["dm_sync"] / medians["ceiling"],
             "first_over_ceiling": medians["first"] / medians["ceiling"],
             "ceiling_over_raw": medians["ceiling"] / medians["raw"]}

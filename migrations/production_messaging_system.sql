@@ -23,13 +23,12 @@
 -- the same roles but never demotes an admin; the recursive participants policy is replaced.
 -- Users can no longer change what their role derives from (column privileges on profiles).
 --
--- A send writes one row (the message). Unread counts and the last message are derived when
--- read, from the messages (indexed by conversation and time) and per-participant read marks
--- (conversation_read_marks: everything older is read). Production's own columns
--- (conversations.last_message_*, conversation_participants.unread_count), which today's builds
--- read, are kept by sync_legacy_message_columns() — a cron job every few seconds that recounts
--- the conversations with new messages — and, at once, by today's builds' own direct inserts
--- (the legacy trigger is replaced by v2's, never both: no double counts).
+-- A send writes one row (the message). Production's own columns (conversations.last_message_*,
+-- conversation_participants.unread_count), which today's builds read, are brought up to date by
+-- sync_legacy_message_columns() — a cron job every few seconds that counts each message once —
+-- and v2's reads answer exactly at once: those columns plus the messages the job has not taken
+-- yet (an index probe per conversation). The legacy trigger is replaced by v2's, never both: no
+-- double counts.
 --
 -- Live-safety: no table rewrite; one index is built on messages (writes wait for it, inside the
 -- maintenance window); the whole file is one short transaction and every lock waits at most
@@ -59,7 +58,7 @@ declare
   t text;
 begin
   foreach t in array array['feature_flags', 'feature_flag_audit', 'moderated_message_texts',
-                           'direct_conversations', 'conversation_read_marks']
+                           'direct_conversations']
   loop
     if to_regclass('messaging_v2_archive.' || t) is not null
        and to_regclass('public.' || t) is null then
@@ -232,21 +231,6 @@ comment on table public.direct_conversations is
 alter table public.direct_conversations enable row level security;
 create index if not exists direct_conversations_conversation_id_idx
   on public.direct_conversations (conversation_id);
-
--- Read marks: every message of the conversation created before read_before is read by the
--- participant (or sent by them). Written when a participant reads the whole conversation;
--- unread counts only look at messages from the mark on.
-create table if not exists public.conversation_read_marks (
-  conversation_id uuid not null,
-  user_id uuid not null,
-  read_before timestamptz not null,
-  constraint conversation_read_marks_pkey primary key (conversation_id, user_id),
-  constraint conversation_read_marks_participant_fkey foreign key (conversation_id, user_id)
-    references public.conversation_participants (conversation_id, user_id) on delete cascade
-);
-comment on table public.conversation_read_marks is
-  'Per participant: every message created before read_before is read. Functions only.';
-alter table public.conversation_read_marks enable row level security;
 
 -- Where the next run of sync_legacy_message_columns() starts (no message created before it is
 -- still uncommitted), and the messages at or after it that production's trigger counted before
@@ -519,32 +503,6 @@ comment on function public.messaging_horizon() is
   'No message created before this time is still uncommitted. Definer: reads every session''s '
   'transaction start.';
 
--- Unread = messages from others that the participant has not read, counted from their read
--- mark on (older ones are all read).
-create or replace view public.participant_unread as
-select cp.conversation_id, cp.user_id,
-       (select count(*) from public.messages m
-         where m.conversation_id = cp.conversation_id
-           and m.created_at >= coalesce(r.read_before, '-infinity')
-           and m.sender_id is distinct from cp.user_id
-           and not (cp.user_id = any (coalesce(m.read_by_user_ids, '{}'))))::integer
-         as unread_count
-  from public.conversation_participants cp
-  left join public.conversation_read_marks r
-    on r.conversation_id = cp.conversation_id and r.user_id = cp.user_id;
-comment on view public.participant_unread is
-  'Exact unread count per participant, derived. Functions only.';
-
-create or replace view public.conversation_last_message as
-select c.id as conversation_id, l.message_text, l.created_at
-  from public.conversations c
-  cross join lateral (select m.message_text, m.created_at from public.messages m
-                       where m.conversation_id = c.id
-                       order by m.created_at desc, m.id desc
-                       limit 1) l;
-comment on view public.conversation_last_message is
-  'Newest message of each conversation (ties: the larger id). Functions only.';
-
 -- Production's columns for today's builds. Each run takes the messages created since the last
 -- run and before the horizon (all committed: a message not seen now is created after it, and the
 -- next run takes it), so every message is taken exactly once: a conversation's last message
@@ -756,6 +714,47 @@ $$;
 comment on function public.messages_before_update_v2() is
   'API clients may only add themselves to read_by_user_ids.';
 
+create or replace function public.messages_after_read_v2()
+returns trigger
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_uid uuid := auth.uid();
+  v_counted boolean;
+begin
+  -- A reader added themselves to one message's read_by_user_ids (today's builds do, before they
+  -- reset their count): production's unread_count loses the message if it is counted there
+  -- already; if not, the legacy sync will not count it.
+  if v_uid is null or new.sender_id is not distinct from v_uid
+     or v_uid = any (coalesce(old.read_by_user_ids, '{}'))
+     or not (v_uid = any (coalesce(new.read_by_user_ids, '{}'))) then
+    return null;
+  end if;
+  -- The participant row first (a sync run that changed it has committed once this returns),
+  -- then the sync's position, read after that.
+  perform 1 from public.conversation_participants
+   where conversation_id = new.conversation_id and user_id = v_uid
+     for update;
+  if not found then
+    return null;
+  end if;
+  select new.is_broadcast or new.created_at < s.synced_from or new.id = any (s.counted_before)
+    into v_counted
+    from public.messaging_legacy_sync s where s.singleton;
+  -- A new row version either way: a sync run that counted against the old one counts again.
+  update public.conversation_participants
+     set unread_count = case when v_counted and unread_count > 0 then unread_count - 1
+                             else unread_count end
+   where conversation_id = new.conversation_id and user_id = v_uid;
+  return null;
+end;
+$$;
+comment on function public.messages_after_read_v2() is
+  'One message read on its own by an API client: one unread less in production''s column. '
+  'Definer: API clients may only reset their count to 0.';
+
 create or replace function public.conversation_participants_before_update_v2()
 returns trigger
 language plpgsql
@@ -779,10 +778,6 @@ language plpgsql
 security definer
 set search_path = ''
 as $$
-declare
-  -- Taken before the update below takes its snapshot: every message it cannot see is
-  -- created at or after this, so everything older is read once it has run.
-  v_read_before timestamptz := public.messaging_horizon();
 begin
   -- Reset to 0 = the member has read the conversation: keep read_by_user_ids in step, so
   -- the function path and the old app's direct update end in the same state.
@@ -795,16 +790,12 @@ begin
                    order by u.id
                    for update)
      and not (new.user_id = any (coalesce(m.read_by_user_ids, '{}')));
-  insert into public.conversation_read_marks as r (conversation_id, user_id, read_before)
-  values (new.conversation_id, new.user_id, v_read_before)
-  on conflict (conversation_id, user_id) do update
-     set read_before = greatest(r.read_before, excluded.read_before);
   return new;
 end;
 $$;
 comment on function public.conversation_participants_after_update_v2() is
-  'Marks the conversation''s messages read, and moves the read mark, when unread_count is '
-  'reset. Definer: updates messages of other senders.';
+  'Marks the conversation''s messages read when unread_count is reset. Definer: updates '
+  'messages of other senders.';
 
 create or replace function public.feature_flags_before_write()
 returns trigger
@@ -902,6 +893,11 @@ drop trigger if exists messages_before_update_v2 on public.messages;
 create trigger messages_before_update_v2
   before update on public.messages
   for each row execute function public.messages_before_update_v2();
+drop trigger if exists messages_after_read_v2 on public.messages;
+create trigger messages_after_read_v2
+  after update of read_by_user_ids on public.messages
+  for each row when (current_user in ('authenticated', 'anon'))
+  execute function public.messages_after_read_v2();
 drop trigger if exists conversation_participants_before_update_v2
   on public.conversation_participants;
 create trigger conversation_participants_before_update_v2
@@ -1237,17 +1233,39 @@ stable
 security definer
 set search_path = ''
 as $$
-  select c.id, c.type, c.show_id, l.message_text, l.created_at, u.unread_count
-    from public.participant_unread u
-    join public.profiles p on p.id = u.user_id
-    join public.conversations c on c.id = u.conversation_id
-    left join public.conversation_last_message l on l.conversation_id = c.id
-   where u.user_id = (select auth.uid())
-   order by l.created_at desc nulls last, c.created_at desc
+  select c.id, c.type, c.show_id,
+         case when w.newer
+              then (select m.message_text from public.messages m
+                     where m.conversation_id = c.id
+                     order by m.created_at desc, m.id desc limit 1)
+              else c.last_message_text end,
+         case when w.newer then n.created_at else c.last_message_timestamp end,
+         coalesce(cp.unread_count, 0) + n.unread
+    from public.conversation_participants cp
+    join public.profiles p on p.id = cp.user_id
+    join public.conversations c on c.id = cp.conversation_id
+    cross join public.messaging_legacy_sync s
+    -- What the legacy sync has not taken yet (an index probe; usually nothing): the newest
+    -- message's time, and the unread ones its next runs will add (broadcasts and the messages
+    -- production's trigger counted are in the columns already).
+    cross join lateral (
+      select max(m.created_at) as created_at,
+             (count(*) filter (where not m.is_broadcast and not (m.id = any (s.counted_before))
+                                 and m.sender_id is distinct from cp.user_id
+                                 and not (cp.user_id = any (coalesce(m.read_by_user_ids, '{}')))
+                              ))::integer as unread
+        from public.messages m
+       where m.conversation_id = cp.conversation_id and m.created_at >= s.synced_from) n
+    cross join lateral (select coalesce(n.created_at > c.last_message_timestamp
+                                        or c.last_message_timestamp is null, false)
+                               and n.created_at is not null as newer) w
+   where cp.user_id = (select auth.uid()) and s.singleton
+   order by 5 desc nulls last, c.created_at desc
 $$;
 comment on function public.get_user_conversations() is
-  'The caller''s inbox: last message and exact unread count, derived. Definer: one indexed '
-  'query instead of a policy check per row.';
+  'The caller''s inbox: last message and exact unread count (production''s columns plus what '
+  'the legacy sync has not taken yet). Definer: one indexed query instead of a policy check '
+  'per row.';
 
 create or replace function public.get_total_unread_count()
 returns integer
@@ -1256,13 +1274,10 @@ stable
 security definer
 set search_path = ''
 as $$
-  select coalesce(sum(u.unread_count), 0)::integer
-    from public.participant_unread u
-    join public.profiles p on p.id = u.user_id
-   where u.user_id = (select auth.uid())
+  select coalesce(sum(i.unread_count), 0)::integer from public.get_user_conversations() i
 $$;
 comment on function public.get_total_unread_count() is
-  'Sum of the caller''s exact unread counts. Definer: same reason as get_user_conversations.';
+  'Sum of the caller''s exact unread counts (as get_user_conversations). Definer: same reason.';
 
 create or replace function public.mark_conversation_read(p_conversation_id uuid)
 returns void
@@ -1462,8 +1477,7 @@ $$;
 
 revoke all on public.feature_flags, public.feature_flag_audit, public.broadcast_quotas,
   public.reported_messages, public.moderated_message_texts, public.direct_conversations,
-  public.conversation_read_marks, public.messaging_legacy_sync, public.participant_unread,
-  public.conversation_last_message
+  public.messaging_legacy_sync
   from anon, authenticated;
 grant select on public.feature_flags, public.reported_messages, public.moderated_message_texts
   to authenticated;
@@ -1496,7 +1510,8 @@ revoke execute on function
   public.feature_flags_audit_write(),
   public.direct_conversations_forget_v2(),
   public.messaging_horizon(),
-  public.sync_legacy_message_columns(timestamptz)
+  public.sync_legacy_message_columns(timestamptz),
+  public.messages_after_read_v2()
   from public, anon, authenticated;
 grant execute on function
   public.feature_bucket(text, uuid),

@@ -98,6 +98,7 @@ $$;
 drop trigger if exists messages_before_insert_v2 on public.messages;
 drop trigger if exists messages_after_insert_v2 on public.messages;
 drop trigger if exists messages_before_update_v2 on public.messages;
+drop trigger if exists messages_after_read_v2 on public.messages;
 drop trigger if exists conversation_participants_before_update_v2
   on public.conversation_participants;
 drop trigger if exists conversation_participants_after_update_v2
@@ -200,7 +201,7 @@ declare
   t text;
 begin
   foreach t in array array['feature_flags', 'feature_flag_audit', 'moderated_message_texts',
-                           'direct_conversations', 'conversation_read_marks']
+                           'direct_conversations']
   loop
     if to_regclass('public.' || t) is not null then
       if to_regclass('messaging_v2_archive.' || t) is not null then
@@ -213,14 +214,13 @@ end
 $$;
 
 -- The legacy sync's position goes (a re-apply starts from its own time: production's trigger
--- kept the columns meanwhile), and the views over v2's read marks.
-drop view if exists public.participant_unread;
-drop view if exists public.conversation_last_message;
+-- kept the columns meanwhile).
 drop table if exists public.messaging_legacy_sync;
 
 -- 8. v2 functions; production's functions get their unpinned search_path back.
 drop function if exists public.sync_legacy_message_columns(timestamptz);
 drop function if exists public.messaging_horizon();
+drop function if exists public.messages_after_read_v2();
 drop function if exists public.send_message(uuid, text);
 drop function if exists public.send_direct_message(uuid, text, uuid);
 drop function if exists public.send_broadcast(uuid, text, text[], boolean);

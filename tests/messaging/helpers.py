@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+import json
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -60,26 +61,29 @@ _DEFINITION = (
 )
 
 
-def assert_unread_exact(db: Any, single_reads: Collection[tuple[str, str]] = ()) -> None:
-    """Every participant's unread count equals the definition: under v2 the derived count (what
-    the API answers) at once, and production's unread_count column once the legacy sync has
-    run; before v2, the column. `single_reads`: (conversation, user) pairs where the user added
-    themselves to read_by_user_ids of single messages without reading the conversation (today's
-    builds never do): production's column, like production's trigger, still counts those until
-    the next reset, so there it may only be higher."""
+def assert_unread_exact(db: Any) -> None:
+    """Every participant's unread count equals the definition: under v2 what the API answers
+    (get_user_conversations) at once, and production's unread_count column once the legacy
+    sync has run; before v2, the column."""
     if v2_applied(db):
-        derived = db.q(
-            f"select cp.conversation_id, cp.user_id, u.unread_count, {_DEFINITION} "
-            "from public.conversation_participants cp join public.participant_unread u "
-            "using (conversation_id, user_id)"
-        )
-        wrong = [r for r in derived if r[2] != r[3]]
-        assert not wrong, ("derived", wrong)
+        rows = db.q(f"select cp.conversation_id, cp.user_id, {_DEFINITION} "
+                    "from public.conversation_participants cp")
+        for conversation_id, user_id, expected in rows:
+            answered = api_unread(db, str(conversation_id), str(user_id))
+            assert answered == expected, ("API", conversation_id, user_id, answered, expected)
         sync_legacy_columns(db)
     rows = db.q(
-        f"select cp.conversation_id::text, cp.user_id::text, cp.unread_count, {_DEFINITION} "
+        f"select cp.conversation_id, cp.user_id, cp.unread_count, {_DEFINITION} "
         "from public.conversation_participants cp"
     )
-    allowed = set(single_reads)
-    wrong = [r for r in rows if r[2] != r[3] and not ((r[0], r[1]) in allowed and r[2] > r[3])]
+    wrong = [r for r in rows if r[2] != r[3]]
     assert not wrong, ("stored", wrong)
+
+
+def api_unread(db: Any, conversation_id: str, user_id: str) -> int:
+    """The unread count get_user_conversations answers the user for the conversation."""
+    with db.admin.transaction():
+        db.q("select set_config('request.jwt.claims', %s, true)",
+             (json.dumps({"sub": user_id, "role": "authenticated"}),))
+        return int(db.val("select unread_count from public.get_user_conversations() "
+                          "where id = %s", (conversation_id,)))

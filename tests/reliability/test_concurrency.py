@@ -8,8 +8,8 @@ test_second_apply_is_refused_naming_the_holder; here the other side is a `rollba
 from __future__ import annotations
 
 import itertools
-import time
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
