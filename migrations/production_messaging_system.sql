@@ -1228,39 +1228,53 @@ comment on function public.get_conversation_messages(uuid, timestamptz, integer)
 create or replace function public.get_user_conversations()
 returns table (id uuid, type text, show_id uuid, last_message_text text,
                last_message_timestamp timestamptz, unread_count integer)
-language sql
+language plpgsql
 stable
 security definer
 set search_path = ''
 as $$
+declare
+  v_uid uuid := auth.uid();
+  v_sync public.messaging_legacy_sync%rowtype;
+begin
+  select * into v_sync from public.messaging_legacy_sync s where s.singleton;
+  return query
+  -- What the legacy sync has not taken yet: the messages since its position in the caller's
+  -- conversations (an index probe each; usually nothing) — their newest time, and the unread
+  -- ones its next runs will add (broadcasts and the messages production's trigger counted are
+  -- in the columns already). PL/pgSQL so the plan is made once per connection (an SQL
+  -- function is planned on every call before PostgreSQL 18); STABLE, so the sync position and
+  -- the columns are read in one snapshot.
+  with recent as materialized (
+    select m.conversation_id, max(m.created_at) as created_at,
+           (count(*) filter (where not m.is_broadcast and not (m.id = any (v_sync.counted_before))
+                               and m.sender_id is distinct from v_uid
+                               and not (v_uid = any (coalesce(m.read_by_user_ids, '{}')))
+                            ))::integer as unread
+      from public.messages m
+     where m.created_at >= v_sync.synced_from
+       and exists (select 1 from public.conversation_participants x
+                    where x.conversation_id = m.conversation_id and x.user_id = v_uid)
+     group by m.conversation_id
+  )
   select c.id, c.type, c.show_id,
          case when w.newer
               then (select m.message_text from public.messages m
                      where m.conversation_id = c.id
                      order by m.created_at desc, m.id desc limit 1)
               else c.last_message_text end,
-         case when w.newer then n.created_at else c.last_message_timestamp end,
-         coalesce(cp.unread_count, 0) + n.unread
+         case when w.newer then r.created_at else c.last_message_timestamp end,
+         coalesce(cp.unread_count, 0) + coalesce(r.unread, 0)
     from public.conversation_participants cp
     join public.profiles p on p.id = cp.user_id
     join public.conversations c on c.id = cp.conversation_id
-    cross join public.messaging_legacy_sync s
-    -- What the legacy sync has not taken yet (an index probe; usually nothing): the newest
-    -- message's time, and the unread ones its next runs will add (broadcasts and the messages
-    -- production's trigger counted are in the columns already).
-    cross join lateral (
-      select max(m.created_at) as created_at,
-             (count(*) filter (where not m.is_broadcast and not (m.id = any (s.counted_before))
-                                 and m.sender_id is distinct from cp.user_id
-                                 and not (cp.user_id = any (coalesce(m.read_by_user_ids, '{}')))
-                              ))::integer as unread
-        from public.messages m
-       where m.conversation_id = cp.conversation_id and m.created_at >= s.synced_from) n
-    cross join lateral (select coalesce(n.created_at > c.last_message_timestamp
+    left join recent r on r.conversation_id = cp.conversation_id
+    cross join lateral (select coalesce(r.created_at > c.last_message_timestamp
                                         or c.last_message_timestamp is null, false)
-                               and n.created_at is not null as newer) w
-   where cp.user_id = (select auth.uid()) and s.singleton
-   order by 5 desc nulls last, c.created_at desc
+                               and r.created_at is not null as newer) w
+   where cp.user_id = v_uid
+   order by 5 desc nulls last, c.created_at desc;
+end;
 $$;
 comment on function public.get_user_conversations() is
   'The caller''s inbox: last message and exact unread count (production''s columns plus what '

@@ -28,6 +28,9 @@ end $$;
 grant insert on public.rpc_calls to anon, authenticated;
 create or replace function public.pairs() returns setof jsonb language sql as
 $$ select jsonb_build_object('n', g) from generate_series(1, 3) g $$;
+create or replace function public.inbox_shaped() returns table (id integer, type text,
+  last_message_text text, unread_count integer) language sql as
+$$ select 1, 'direct', 'hi', 2 $$;
 """
 
 
@@ -86,6 +89,13 @@ def test_anon_key_alone_runs_as_anon(stack: LocalStack) -> None:
 
 def test_setof_functions_return_json_arrays(stack: LocalStack) -> None:
     assert rpc(stack, "pairs", {}, token(stack)).json() == [{"n": 1}, {"n": 2}, {"n": 3}]
+
+
+def test_rows_keep_the_functions_column_order_like_postgrest(stack: LocalStack) -> None:
+    # PostgREST aggregates with json_agg: keys in column order (jsonb would sort them by length).
+    response = rpc(stack, "inbox_shaped", {}, token(stack))
+    assert response.text.replace(" ", "") == (
+        '[{"id":1,"type":"direct","last_message_text":"hi","unread_count":2}]')
 
 
 def unsigned(stack: LocalStack) -> str:

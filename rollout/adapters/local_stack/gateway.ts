@@ -290,10 +290,12 @@ async function rpc(req: Request, fn: string): Promise<Response> {
   // Rows become objects; a set of scalars becomes an array of scalars, as in PostgREST.
   const rowset = info.composite ? `${call} _r` : `${call} as _s(_r)`;
   // The body leaves PostgreSQL as JSON text and goes out as it is (as PostgREST does): no
-  // parse into objects and serialise again here, which cost most of a 1,000-row inbox.
+  // parse into objects and serialise again here, which cost most of a 1,000-row inbox. And
+  // json_agg as PostgREST's, not jsonb_agg: keys in the function's column order, and a third
+  // of the cost (1,000 inbox rows: ~2 ms against ~6 ms).
   const query = info.setof
-    ? `select coalesce(jsonb_agg(_r), '[]'::jsonb)::text as body from ${args ? `${args}, lateral ` : ""}${rowset}`
-    : `select to_jsonb(${call})::text as body${args ? ` from ${args}` : ""}`;
+    ? `select coalesce(json_agg(_r), '[]'::json)::text as body from ${args ? `${args}, lateral ` : ""}${rowset}`
+    : `select to_json(${call})::text as body${args ? ` from ${args}` : ""}`;
 
   counters.rpc_requests++;
   try {
