@@ -268,7 +268,7 @@ def bench_maintenance() -> dict[str, list[float]]:
 
 
 SEED_DMS, SEED_BROADCASTS = 5000, 500  # the seed's §4.3 volume
-K6_RATES = (100, 200, 400, 800)  # DMs per second tried, lowest first
+K6_RATES = (100, 200, 300, 400, 600, 800)  # DMs per second tried, lowest first; stops at a break
 
 
 def bench_k6_rate(s: LocalStack) -> dict[str, Any]:

@@ -293,6 +293,17 @@ create index if not exists reported_messages_reported_by_idx
 -- squawk-ignore require-concurrent-index-creation
 create index if not exists reported_messages_report_status_idx
   on public.reported_messages (report_status);
+-- Production's foreign keys from messages.deleted_by (to auth.users) and messages.show_context
+-- (to shows) have no index: deleting one user read all of messages (~80 ms on 500,000), so
+-- the cleanup after `rollout load` (600 users) took a minute and stalled the legacy sync
+-- behind its locks. Partial: only moderated messages and broadcasts carry them, a DM's insert
+-- adds no index entry.
+-- squawk-ignore require-concurrent-index-creation
+create index if not exists messages_deleted_by_idx
+  on public.messages (deleted_by) where deleted_by is not null;
+-- squawk-ignore require-concurrent-index-creation
+create index if not exists messages_show_context_idx
+  on public.messages (show_context) where show_context is not null;
 -- Policies and the inbox filter participants by user.
 -- squawk-ignore require-concurrent-index-creation
 create index if not exists conversation_participants_user_id_idx

@@ -31,6 +31,11 @@ $$ select jsonb_build_object('n', g) from generate_series(1, 3) g $$;
 create or replace function public.inbox_shaped() returns table (id integer, type text,
   last_message_text text, unread_count integer) language sql as
 $$ select 1, 'direct', 'hi', 2 $$;
+create or replace function public.write_then_fail() returns void language plpgsql as $$
+begin
+  insert into public.rpc_calls (uid, role) values (auth.uid(), current_user);
+  raise exception using errcode = 'PT409', message = 'changed my mind';
+end $$;
 """
 
 
@@ -132,6 +137,18 @@ def test_get_runs_the_function_read_only_like_postgrest(stack: LocalStack) -> No
                      headers={"apikey": stack.secret("anon_key"),
                               "Authorization": f"Bearer {token(stack)}"})
     assert read.status_code == 200 and len(read.json()) == 3
+
+
+def test_a_failed_call_writes_nothing_and_leaves_the_pool_clean(stack: LocalStack) -> None:
+    # Begin, claims, call and commit go out pipelined: the call's error is the answer, its
+    # write is rolled back, and the connection serves the next calls (no aborted transaction).
+    before = calls(stack)
+    for _ in range(25):  # more than the pool's connections
+        failed = rpc(stack, "write_then_fail", {}, token(stack))
+        assert failed.status_code == 409 and failed.json()["message"] == "changed my mind"
+    assert calls(stack) == before
+    assert rpc(stack, "whoami", {}, token(stack)).json()["uid"] == SUB
+    assert calls(stack) == before + 1
 
 
 def test_cors_preflight_on_rest_answers_like_hosted(stack: LocalStack) -> None:
