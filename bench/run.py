@@ -268,13 +268,16 @@ def bench_maintenance() -> dict[str, list[float]]:
 
 
 SEED_DMS, SEED_BROADCASTS = 5000, 500  # the seed's §4.3 volume
-K6_RATES = (100, 200, 300, 400, 600, 800)  # DMs per second tried, lowest first; stops at a break
+K6_RATES = (200, 300, 400, 500, 600, 800)  # DMs per second tried, lowest first; stops at a break
 
 
 def bench_k6_rate(s: LocalStack) -> dict[str, Any]:
-    """The seed's volume through the gateway with arrival-rate DMs: the highest rate (of
-    K6_RATES) at which p99 < 200 ms and errors < 0.5 % hold, and that rate ÷ the same DM calls
-    made directly in SQL (pgbench) by as many clients as k6 had VUs."""
+    """The seed's volume through the gateway, DMs and broadcasts at constant arrival rates: the
+    highest rate (of K6_RATES) at which p99 < 200 ms and errors < 0.5 % hold, and that rate ÷
+    the same DM calls made directly in SQL (pgbench) by as many clients as k6 had VUs. The
+    load's users are new, each VU writes to each MVP dealer once: every DM of the run is a
+    pair's first message (it creates the conversation), so pgbench's first-message rate is
+    the comparison (the steady-state rate is recorded beside it)."""
     tried: dict[int, dict[str, Any]] = {}
     best: int | None = None
     for rate in K6_RATES:
@@ -298,9 +301,10 @@ def bench_k6_rate(s: LocalStack) -> dict[str, Any]:
         best = rate
     clients = min(best or K6_RATES[0], 100)
     direct = sql_rates.dm_rates(s.db_url, wheel_bin_dir() / "pgbench", rounds=1,
-                                clients=clients)["median"]["dm"]
-    return {"tried": tried, "best": best, "sql_rate": direct, "sql_clients": clients,
-            "ratio": (best or 0) / direct}
+                                clients=clients)["median"]
+    return {"tried": tried, "best": best, "sql_rate": direct["first"],
+            "sql_steady_rate": direct["dm"], "sql_clients": clients,
+            "ratio": (best or 0) / direct["first"]}
 
 
 # ---- 6. the CLI: rehearsal and start-up ------------------------------------------------------
@@ -448,11 +452,14 @@ def write_results(info: dict[str, str], dm: dict[str, Any], fanout: dict[int, li
         ("`rollout --help` start-up (10 runs)", spread(cli["help_ms"], "{:.0f}", " ms"),
          "≤ 200 ms"),
         (f"k6 through the gateway, the seed's volume ({SEED_DMS:,} DMs at a constant arrival "
-         f"rate, {SEED_BROADCASTS} broadcasts): highest rate holding p99 < 200 ms and errors "
-         f"< 0.5 % (tried {', '.join(map(str, K6_RATES))}/s; one run each)",
+         f"rate, {SEED_BROADCASTS} broadcasts arriving evenly beside them; each DM a new pair's "
+         f"first message): highest rate holding p99 < 200 ms and errors < 0.5 % (tried "
+         f"{', '.join(map(str, K6_RATES))}/s until one broke; one run each)",
          f"{k6_rate['best'] or 'none'}/s — {tried}", "report"),
-        (f"… ÷ the same DM calls directly in SQL (pgbench, {k6_rate['sql_clients']} clients: "
-         f"{k6_rate['sql_rate']:.0f} tx/s)", f"{k6_rate['ratio']:.2f}", "≥ 0.5"),
+        (f"… ÷ the same DM calls directly in SQL (pgbench, {k6_rate['sql_clients']} clients, "
+         f"first messages: {k6_rate['sql_rate']:.0f} tx/s; steady state "
+         f"{k6_rate['sql_steady_rate']:.0f} tx/s; broadcasts not in it)",
+         f"{k6_rate['ratio']:.2f}", "≥ 0.5"),
     ]
     text = [
         "# Benchmarks",

@@ -293,17 +293,21 @@ create index if not exists reported_messages_reported_by_idx
 -- squawk-ignore require-concurrent-index-creation
 create index if not exists reported_messages_report_status_idx
   on public.reported_messages (report_status);
--- Production's foreign keys from messages.deleted_by (to auth.users) and messages.show_context
--- (to shows) have no index: deleting one user read all of messages (~80 ms on 500,000), so
--- the cleanup after `rollout load` (600 users) took a minute and stalled the legacy sync
--- behind its locks. Partial: only moderated messages and broadcasts carry them, a DM's insert
--- adds no index entry.
+-- Production's foreign keys from messages.deleted_by (to auth.users), messages.show_context
+-- and conversations.show_id (to shows) have no index: deleting one user read all of messages
+-- (~80 ms on 500,000), one show all of messages and conversations, so the cleanup after
+-- `rollout load` (600 users, 500 shows) took a minute and stalled the legacy sync behind its
+-- locks. Partial: only moderated messages, broadcasts and show conversations carry them, a
+-- DM's insert adds no index entry.
 -- squawk-ignore require-concurrent-index-creation
 create index if not exists messages_deleted_by_idx
   on public.messages (deleted_by) where deleted_by is not null;
 -- squawk-ignore require-concurrent-index-creation
 create index if not exists messages_show_context_idx
   on public.messages (show_context) where show_context is not null;
+-- squawk-ignore require-concurrent-index-creation
+create index if not exists conversations_show_id_idx
+  on public.conversations (show_id) where show_id is not null;
 -- Policies and the inbox filter participants by user.
 -- squawk-ignore require-concurrent-index-creation
 create index if not exists conversation_participants_user_id_idx
@@ -545,6 +549,15 @@ begin
   end if;
   v_next := greatest(v_sync.synced_from, coalesce(p_until, public.messaging_horizon()));
 
+  -- The conversation rows first, as every writer takes them (moderation rewrites a last
+  -- message under that lock): the texts below are read after any such change has committed.
+  -- Read before the wait, a moderated text would come back into last_message_text.
+  perform 1 from public.conversations c
+   where c.id in (select m.conversation_id from public.messages m
+                   where m.created_at >= v_sync.synced_from and m.created_at < v_next)
+   order by c.id
+     for no key update of c;
+
   update public.conversations c
      set last_message_text = l.message_text, last_message_timestamp = l.created_at
     from (select distinct on (m.conversation_id) m.conversation_id, m.message_text, m.created_at
@@ -578,12 +591,15 @@ begin
        and cp.xmin = s.row_version
     returning cp.conversation_id, cp.user_id
   )
+  -- The ones not applied, as a set difference: hashed or sorted, never a loop over both (the
+  -- planner estimates these CTEs at one row; a NOT EXISTS became a nested loop, 7 s for 9,500
+  -- rows).
   select (select count(*) from applied),
-         coalesce(array_agg(s.conversation_id), '{}'), coalesce(array_agg(s.user_id), '{}')
+         coalesce(array_agg(x.conversation_id), '{}'), coalesce(array_agg(x.user_id), '{}')
     into v_rows, v_conflict_conversations, v_conflict_users
-    from seen s
-   where not exists (select 1 from applied a
-                      where a.conversation_id = s.conversation_id and a.user_id = s.user_id);
+    from (select s.conversation_id, s.user_id from seen s
+          except all
+          select a.conversation_id, a.user_id from applied a) x;
   v_changed := v_changed + v_rows;
 
   if cardinality(v_conflict_users) > 0 then

@@ -193,6 +193,7 @@ drop index if exists public.reported_messages_report_status_idx;
 drop index if exists public.conversation_participants_user_id_idx;
 drop index if exists public.messages_deleted_by_idx;
 drop index if exists public.messages_show_context_idx;
+drop index if exists public.conversations_show_id_idx;
 -- squawk-ignore require-concurrent-index-creation
 create index if not exists idx_messages_conversation_id on public.messages (conversation_id);
 drop index if exists public.messages_conversation_id_created_at_idx;

@@ -17,8 +17,9 @@
 //                  of users listed in USERS_FILE without one (the k6-operator path keeps ids
 //                  in a ConfigMap and tokens in Secrets; see rollout/adapters/k6_operator.py)
 //   DM_VUS, DM_ITERATIONS (per VU) or DM_DURATION ("30s": constant VUs instead), or DM_RATE
-//   (DMs per second for DM_DURATION: constant-arrival-rate, DM_VUS pre-allocated),
-//   BROADCASTS (0 = none), BROADCAST_VUS, MAX_DURATION, THRESHOLDS (JSON, k6's format)
+//   (DMs per second for DM_DURATION: constant-arrival-rate, DM_VUS pre-allocated; the
+//   broadcasts then arrive evenly over DM_DURATION too), BROADCASTS (0 = none),
+//   BROADCAST_VUS, MAX_DURATION, THRESHOLDS (JSON, k6's format)
 
 import http from "k6/http";
 import exec from "k6/execution";
@@ -87,10 +88,18 @@ if (DM_VUS > 0 && attendees.length && mvpDealers.length) {
     };
 }
 if (BROADCASTS > 0) {
-  scenarios.broadcast = {
-    executor: "shared-iterations", vus: BROADCAST_VUS, iterations: BROADCASTS,
-    maxDuration: MAX_DURATION, exec: "broadcast",
-  };
+  scenarios.broadcast = DM_RATE
+    ? {
+      // Beside arrival-rate DMs, the broadcasts arrive evenly over the same time: BROADCASTS
+      // per DM_DURATION, so exactly BROADCASTS of them (one per show).
+      executor: "constant-arrival-rate", rate: BROADCASTS, timeUnit: DM_DURATION || "10s",
+      duration: DM_DURATION || "10s", preAllocatedVUs: BROADCAST_VUS, maxVUs: BROADCAST_VUS * 4,
+      exec: "broadcast",
+    }
+    : {
+      executor: "shared-iterations", vus: BROADCAST_VUS, iterations: BROADCASTS,
+      maxDuration: MAX_DURATION, exec: "broadcast",
+    };
 }
 
 // Thresholds: the caller's, plus always-true ones on the per-kind submetrics, because k6 only

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 import psycopg
 
@@ -205,3 +206,40 @@ def test_a_message_committed_late_is_neither_lost_by_the_sync_nor_hidden_by_a_re
     assert inbox_row(v2db, a, conv)[1] == 1
     assert stored_unread(v2db, conv, a) == 1
     assert_unread_exact(v2db)
+
+
+def test_a_message_moderated_while_the_sync_runs_stays_out_of_the_legacy_columns(
+        v2db: Db) -> None:
+    """The sync waits for the moderation's conversation lock and only then reads the last
+    message: the moderated text never comes back into production's last_message_text."""
+    a, m, conv = pair(v2db)
+    sync_legacy_columns(v2db)
+    secret = "words a moderator will remove"
+    message = v2db.as_user(m).rpc1("send_message", p_conversation_id=conv, p_message_text=secret)
+    admin = v2db.make_user("admin")
+    moderation = psycopg.connect(v2db.url)  # open, holding the conversation row
+    try:
+        moderation.execute("set local role authenticated")
+        moderation.execute("select set_config('request.jwt.claims', %s, true)",
+                           (json.dumps({"role": "authenticated", "sub": admin}),))
+        moderation.execute("select public.moderate_delete_message(%s, 'spam')", (message,))
+        def run_sync() -> None:
+            with psycopg.connect(v2db.url, autocommit=True) as conn:
+                conn.execute("select public.sync_legacy_message_columns()")
+
+        sync = threading.Thread(target=run_sync)
+        sync.start()
+        for _ in range(200):  # until the sync waits on the moderation's lock
+            if v2db.val("select count(*) from pg_stat_activity where wait_event_type = 'Lock' "
+                        "and query like '%sync_legacy_message_columns%'"):
+                break
+            time.sleep(0.02)
+        else:
+            raise AssertionError("the sync never waited for the moderation")
+        moderation.commit()
+        sync.join(30)
+    finally:
+        moderation.close()
+    text = v2db.val("select last_message_text from public.conversations where id = %s", (conv,))
+    assert text == "[message removed by a moderator]"
+    assert secret not in json.dumps(v2db.as_user(a).rpc("get_user_conversations"), default=str)
