@@ -40,7 +40,11 @@ function required(name: string): string {
 
 const [host, port] = required("GATEWAY_ADDRESS").split(":");
 const stateDir = required("GATEWAY_STATE_DIR");
-const secret = new TextEncoder().encode(required("GATEWAY_JWT_SECRET"));
+// Imported once: handed the raw bytes, jose imports the HMAC key on every verify (~40 µs).
+const secret = await crypto.subtle.importKey(
+  "raw", new TextEncoder().encode(required("GATEWAY_JWT_SECRET")),
+  { name: "HMAC", hash: "SHA-256" }, false, ["verify"],
+);
 const jwks = jose.createLocalJWKSet(JSON.parse(required("GATEWAY_JWKS")));
 const API_KEYS: Record<string, string> = {
   [required("GATEWAY_PUBLISHABLE_KEY")]: "anon",
