@@ -185,7 +185,7 @@ def broadcast(conn: psycopg.Connection, organizer: str, show: str) -> dict[str, 
 # ---- 3. inbox latency ----------------------------------------------------------------------------
 
 
-def bench_inbox(s: LocalStack) -> dict[str, float]:
+def bench_inbox(s: LocalStack) -> dict[str, list[float]]:
     url, api = s.db_url, s.api_url
     user = seed_users(url, "8007", 1, "attendee")[0]
     seed_users(url, "8008", INBOX_CONVERSATIONS, "mvp_dealer")
@@ -278,33 +278,47 @@ def bench_k6_rate(s: LocalStack) -> dict[str, Any]:
     load's users are new, each VU writes to each MVP dealer once: every DM of the run is a
     pair's first message (it creates the conversation), so pgbench's first-message rate is
     the comparison (the steady-state rate is recorded beside it)."""
-    tried: dict[int, dict[str, Any]] = {}
-    best: int | None = None
-    for rate in K6_RATES:
-        params = k6.LoadParams(
-            attendees=500, mvp_dealers=50, organizers=50, dm_vus=min(rate, 100),
-            dm_rate=rate, dm_duration=f"{-(-SEED_DMS // rate)}s", broadcasts=SEED_BROADCASTS,
-            broadcast_vus=4, attendees_per_show=10, max_duration="5m")
-        out = Path(tempfile.mkdtemp(prefix="rollout-bench-k6-"))
-        try:
-            report = k6.run_load(s.api_url, s.secret("anon_key"), s.secret("jwt_secret"),
-                                 s.db_url, params, out)
-        finally:
-            shutil.rmtree(out, ignore_errors=True)
-        dm = report.endpoints.get("dm")
-        held = all(t.verdict == "passed" for t in report.thresholds)
-        tried[rate] = {"held": held, "requests": report.requests,
-                       "error_rate": report.error_rate, "dm_p99": dm.p99_ms if dm else None}
-        log(f"    {rate}/s: {tried[rate]}")
-        if not held:
+    runs: dict[int, list[dict[str, Any]]] = {}
+    for rate in K6_RATES:  # one run a rate, up to the first that breaks
+        runs[rate] = [k6_run(s, rate)]
+        if not runs[rate][0]["held"]:
             break
-        best = rate
+    # The boundary (the last rate that held and the one that broke) decided by RUNS runs each:
+    # a rate holds when most of its runs did, its DM p99 is their median.
+    for rate in list(runs)[-2:]:
+        runs[rate] += [k6_run(s, rate) for _ in range(RUNS - 1)]
+    tried = {rate: {"runs": len(r), "held_runs": sum(t["held"] for t in r),
+                    "held": 2 * sum(t["held"] for t in r) > len(r),
+                    "dm_p99": statistics.median(t["dm_p99"] or 0 for t in r),
+                    "error_rate": statistics.median(t["error_rate"] for t in r)}
+             for rate, r in runs.items()}
+    best = max((rate for rate, t in tried.items() if t["held"]), default=None)
     clients = min(best or K6_RATES[0], 100)
     direct = sql_rates.dm_rates(s.db_url, wheel_bin_dir() / "pgbench", rounds=1,
                                 clients=clients)["median"]
     return {"tried": tried, "best": best, "sql_rate": direct["first"],
             "sql_steady_rate": direct["dm"], "sql_clients": clients,
             "ratio": (best or 0) / direct["first"]}
+
+
+def k6_run(s: LocalStack, rate: int) -> dict[str, Any]:
+    """One k6 run of the seed's volume with DMs arriving at `rate` a second."""
+    params = k6.LoadParams(
+        attendees=500, mvp_dealers=50, organizers=50, dm_vus=min(rate, 100),
+        dm_rate=rate, dm_duration=f"{-(-SEED_DMS // rate)}s", broadcasts=SEED_BROADCASTS,
+        broadcast_vus=4, attendees_per_show=10, max_duration="5m")
+    out = Path(tempfile.mkdtemp(prefix="rollout-bench-k6-"))
+    try:
+        report = k6.run_load(s.api_url, s.secret("anon_key"), s.secret("jwt_secret"),
+                             s.db_url, params, out)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    dm = report.endpoints.get("dm")
+    result = {"held": all(t.verdict == "passed" for t in report.thresholds),
+              "requests": report.requests, "error_rate": report.error_rate,
+              "dm_p99": dm.p99_ms if dm else None}
+    log(f"    {rate}/s: {result}")
+    return result
 
 
 # ---- 6. the CLI: rehearsal and start-up ------------------------------------------------------
@@ -411,8 +425,9 @@ def write_results(info: dict[str, str], dm: dict[str, Any], fanout: dict[int, li
                   inbox: dict[str, list[float]], window: dict[str, list[float]],
                   k6_rate: dict[str, Any], cli: dict[str, list[float]], seconds: float) -> None:
     rates = dm["rates"]
-    tried = "; ".join(f"{rate}/s {'held' if t['held'] else 'broke'} (DM p99 "
-                      f"{t['dm_p99'] or 0:.0f} ms, errors {t['error_rate']:.2%})"
+    tried = "; ".join(f"{rate}/s {'held' if t['held'] else 'broke'} "
+                      f"({t['held_runs']} of {t['runs']} run(s) held; DM p99 "
+                      f"{t['dm_p99']:.0f} ms, errors {t['error_rate']:.2%})"
                       for rate, t in k6_rate["tried"].items())
     rows = [
         (f"DM send, `send_direct_message` in PostgREST's transaction shape, {dm['clients']} "
@@ -454,7 +469,8 @@ def write_results(info: dict[str, str], dm: dict[str, Any], fanout: dict[int, li
         (f"k6 through the gateway, the seed's volume ({SEED_DMS:,} DMs at a constant arrival "
          f"rate, {SEED_BROADCASTS} broadcasts arriving evenly beside them; each DM a new pair's "
          f"first message): highest rate holding p99 < 200 ms and errors < 0.5 % (tried "
-         f"{', '.join(map(str, K6_RATES))}/s until one broke; one run each)",
+         f"{', '.join(map(str, K6_RATES))}/s until one broke, one run each; then {RUNS} runs "
+         f"each of the last that held and the one that broke, medians)",
          f"{k6_rate['best'] or 'none'}/s — {tried}", "report"),
         (f"… ÷ the same DM calls directly in SQL (pgbench, {k6_rate['sql_clients']} clients, "
          f"first messages: {k6_rate['sql_rate']:.0f} tx/s; steady state "
@@ -477,7 +493,7 @@ def write_results(info: dict[str, str], dm: dict[str, Any], fanout: dict[int, li
         "Data: production's schema (`migrations/legacy_baseline.sql`) with `app_data.sql` at its "
         "default sizes (20,000 users, 300 shows, 40,000 conversations, 400,000 messages) under "
         "the local demo data, messaging v2 applied. Each figure is the median of "
-        f"{RUNS} runs with min and max (the k6 figure is one run).",
+        f"{RUNS} runs with min and max (k6: see its row).",
         "",
         "| measurement | result | target |",
         "|---|---|---|",
