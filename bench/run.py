@@ -288,10 +288,11 @@ def bench_k6_rate(s: LocalStack) -> dict[str, Any]:
     for rate in list(runs)[-2:]:
         runs[rate] += [k6_run(s, rate) for _ in range(RUNS - 1)]
     tried = {rate: {"runs": len(r), "held_runs": sum(t["held"] for t in r),
-                    "held": 2 * sum(t["held"] for t in r) > len(r),
                     "dm_p99": statistics.median(t["dm_p99"] or 0 for t in r),
                     "error_rate": statistics.median(t["error_rate"] for t in r)}
              for rate, r in runs.items()}
+    for t in tried.values():
+        t["held"] = 2 * t["held_runs"] > t["runs"]
     best = max((rate for rate, t in tried.items() if t["held"]), default=None)
     clients = min(best or K6_RATES[0], 100)
     direct = sql_rates.dm_rates(s.db_url, wheel_bin_dir() / "pgbench", rounds=1,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -87,3 +88,20 @@ def api_unread(db: Any, conversation_id: str, user_id: str) -> int:
              (json.dumps({"sub": user_id, "role": "authenticated"}),))
         return int(db.val("select unread_count from public.get_user_conversations() "
                           "where id = %s", (conversation_id,)))
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.1)
+
+
+def open_transaction_as(url: str, user_id: str) -> psycopg.Connection:
+    """A connection inside an open transaction acting as `user_id` (PostgREST's role and claims,
+    set locally): what it writes stays uncommitted, and its locks held, until it commits."""
+    conn = psycopg.connect(url)
+    conn.execute("set local role authenticated")
+    conn.execute("select set_config('request.jwt.claims', %s, true)",
+                 (json.dumps({"role": "authenticated", "sub": user_id}),))
+    return conn

@@ -9,9 +9,8 @@ time, writes come back by themselves, with nobody lifting anything.
 
 from __future__ import annotations
 
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -21,6 +20,7 @@ import pytest
 from rollout.adapters import database as db
 from tests.conftest import create_database
 from tests.messaging.conftest import ALICE, ALICE_MAX_CONV, MAX, V2, Db, apply_file
+from tests.messaging.helpers import wait_until
 
 
 def send_as_alice(url: str) -> None:
@@ -146,13 +146,6 @@ def state_lease(url: str) -> dict[str, Any]:
     lease = db.maintenance_state(url).lease
     assert lease is not None
     return lease
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.1)
 
 
 def test_window_on_postgresql_15(pg15: object, pg15_legacy_template: str) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 
 import psycopg
 
@@ -12,9 +11,11 @@ from tests.messaging.conftest import Api, Db
 from tests.messaging.helpers import (
     assert_unread_exact,
     exact_unread,
+    open_transaction_as,
     refused,
     stored_unread,
     sync_legacy_columns,
+    wait_until,
 )
 
 
@@ -188,11 +189,8 @@ def test_a_message_committed_late_is_neither_lost_by_the_sync_nor_hidden_by_a_re
     mark-read that began later is still counted: both stop at the oldest open transaction."""
     a, m, conv = pair(v2db)
     sync_legacy_columns(v2db)
-    late = psycopg.connect(v2db.url)  # a transaction left open across the others
+    late = open_transaction_as(v2db.url, m)  # left open across the others
     try:
-        late.execute("set local role authenticated")
-        late.execute("select set_config('request.jwt.claims', %s, true)",
-                     (json.dumps({"role": "authenticated", "sub": m}),))
         late.execute("select public.send_message(%s, 'slow')", (conv,))
         v2db.as_user(m).rpc1("send_message", p_conversation_id=conv, p_message_text="fast")
         v2db.as_user(a).rpc("mark_conversation_read", p_conversation_id=conv)
@@ -217,25 +215,19 @@ def test_a_message_moderated_while_the_sync_runs_stays_out_of_the_legacy_columns
     secret = "words a moderator will remove"
     message = v2db.as_user(m).rpc1("send_message", p_conversation_id=conv, p_message_text=secret)
     admin = v2db.make_user("admin")
-    moderation = psycopg.connect(v2db.url)  # open, holding the conversation row
+    moderation = open_transaction_as(v2db.url, admin)  # holding the conversation row
     try:
-        moderation.execute("set local role authenticated")
-        moderation.execute("select set_config('request.jwt.claims', %s, true)",
-                           (json.dumps({"role": "authenticated", "sub": admin}),))
         moderation.execute("select public.moderate_delete_message(%s, 'spam')", (message,))
+
         def run_sync() -> None:
             with psycopg.connect(v2db.url, autocommit=True) as conn:
                 conn.execute("select public.sync_legacy_message_columns()")
 
         sync = threading.Thread(target=run_sync)
         sync.start()
-        for _ in range(200):  # until the sync waits on the moderation's lock
-            if v2db.val("select count(*) from pg_stat_activity where wait_event_type = 'Lock' "
-                        "and query like '%sync_legacy_message_columns%'"):
-                break
-            time.sleep(0.02)
-        else:
-            raise AssertionError("the sync never waited for the moderation")
+        wait_until(lambda: bool(v2db.val(  # the sync waits on the moderation's lock
+            "select count(*) from pg_stat_activity where wait_event_type = 'Lock' "
+            "and query like '%sync_legacy_message_columns%'")), timeout=10)
         moderation.commit()
         sync.join(30)
     finally:

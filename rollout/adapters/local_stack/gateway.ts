@@ -56,7 +56,8 @@ const sql = postgres(required("GATEWAY_DB_URL"), {
   idle_timeout: 30,
   // Named statements per connection, as PostgREST prepares its queries: parsed and planned
   // once, not on every call (the gateway spent ~12 % less CPU a call under k6). Each
-  // query's result is one text column, so a migration replacing a function only replans it.
+  // query's result columns are fixed (the call's is one text column), so a migration
+  // replacing a function only replans it.
   prepare: true,
   onnotice: () => {},
 });
