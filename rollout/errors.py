@@ -66,6 +66,10 @@ class StackError(RolloutError):
     exit_code = 1
 
 
+class PortTaken(StackError):
+    """Another process bound the port a local server was about to listen on."""
+
+
 class TargetError(RolloutError):
     """A remote target (database, Management API, webhook) refused or failed."""
 

@@ -6,6 +6,7 @@ tests never see each other's rows. `make_database()` returns a connection URL (s
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import uuid
@@ -18,7 +19,19 @@ import pytest
 
 from rollout.adapters.local_stack.bootstrap import apply_bootstrap
 from rollout.adapters.local_stack.postgres import EmbeddedPostgres, os_user, shared_dir
-from rollout.adapters.local_stack.processes import free_port
+from rollout.adapters.local_stack.processes import start_on_port
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist each worker has a temp dir of its own, so a test that checks what a
+    run leaves in the temp dir (the load check's token files) sees only its own worker's."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker:
+        private = Path(tempfile.mkdtemp(prefix=f"rollout-tests-{worker}-"))
+        private.chmod(0o1777)  # like /tmp: servers run as another user when the suite is root
+        os.environ["TMPDIR"] = str(private)
+        tempfile.tempdir = None
+        config.add_cleanup(lambda: shutil.rmtree(private, ignore_errors=True))
 
 
 @contextmanager
@@ -30,16 +43,21 @@ def running_server(prefix: str, bin_dir: Path | None = None,
     root = Path(tempfile.mkdtemp(prefix=prefix, dir=shared_dir("rollout-tests")))
     root.chmod(0o755)  # as root the server runs as an unprivileged user
     if bin_dir is None:
-        server = EmbeddedPostgres.for_state_dir(root, free_port())
+        server = EmbeddedPostgres.for_state_dir(root, 0)
     else:
-        server = EmbeddedPostgres(data_dir=root / "pgdata", port=free_port(), user=os_user(),
+        server = EmbeddedPostgres(data_dir=root / "pgdata", port=0, user=os_user(),
                                   bin_dir=bin_dir)
+
+    def start(port: int) -> None:
+        server.port = port
+        server.start()
+        server.wait_ready()
+
     try:
         server.init()
         if configure is not None:
             configure(server)
-        server.start()
-        server.wait_ready()
+        start_on_port(start)
         yield server
     finally:
         server.stop()

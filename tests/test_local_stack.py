@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import socket
+import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -13,8 +17,10 @@ import jwt
 import psycopg
 import pytest
 
-from rollout.adapters.local_stack.postgres import process_alive, shared_dir
-from rollout.adapters.local_stack.stack import LocalStack, sign_user_jwt
+from rollout.adapters.local_stack.postgres import EmbeddedPostgres, process_alive, shared_dir
+from rollout.adapters.local_stack.processes import spawn, start_on_port, stop_pid, wait_for_port
+from rollout.adapters.local_stack.stack import LocalStack, deno_bin, sign_user_jwt
+from rollout.errors import PortTaken
 
 SUB = "6f1c2a4e-7d2b-4c1e-9a51-3b0f8e2d9c11"
 PROBE_SQL = """
@@ -268,6 +274,57 @@ def test_taken_port_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
         root.chmod(0o755)
         with pytest.raises(StackError, match=f"port {port}.*already in use"):
             LocalStack(root).up()
+
+
+@contextmanager
+def port_held_by_another_process() -> Iterator[int]:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        yield holder.getsockname()[1]
+
+
+def test_a_port_taken_before_postgres_binds_it_is_traded_for_a_free_one(tmp_path: Path) -> None:
+    """Between finding a port free and binding it another process (a parallel stack, an
+    outgoing connection) can take it: the server starts on another port instead of failing."""
+    root = Path(tempfile.mkdtemp(prefix="rollout-stack-", dir=shared_dir("rollout-tests")))
+    root.chmod(0o755)
+    server = EmbeddedPostgres.for_state_dir(root, 0)
+    server.init()
+    tried: list[int] = []
+
+    def start(port: int) -> None:
+        tried.append(port)
+        server.port = port
+        server.start()
+
+    try:
+        with port_held_by_another_process() as taken:
+            start_on_port(start, taken)
+            assert tried[0] == taken and len(tried) == 2 and tried[1] != taken
+            assert server.pid() is not None
+            with psycopg.connect(server.url(), autocommit=True) as conn:
+                assert conn.execute("show port").fetchone() == (str(tried[1]),)
+            server.stop()
+            with pytest.raises(PortTaken):  # the user's own choice is never traded
+                start_on_port(start, taken, fixed=True)
+    finally:
+        server.stop()
+
+
+def test_a_deno_server_is_up_only_when_it_listens_itself(tmp_path: Path) -> None:
+    """Someone else listening on the port is not our server being up: its death is PortTaken."""
+    script = tmp_path / "serve.ts"
+    script.write_text('Deno.serve(() => new Response("ok"));\n')
+    log = tmp_path / "serve.log"
+    with port_held_by_another_process() as taken:
+        pid = spawn([deno_bin(), "run", "--allow-net", "--allow-env", str(script)],
+                    {**os.environ, "DENO_SERVE_ADDRESS": f"tcp:127.0.0.1:{taken}"}, log, tmp_path)
+        try:
+            with pytest.raises(PortTaken, match="exited during start-up"):
+                wait_for_port(taken, pid, "the test server", log)
+        finally:
+            stop_pid(pid)
 
 
 def test_the_gateway_honours_each_functions_verify_jwt(stack: LocalStack) -> None:

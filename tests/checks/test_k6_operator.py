@@ -235,10 +235,12 @@ def validate_all(testrun: dict[str, Any], configmap: dict[str, Any],
 def cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str
         ) -> tuple[int, str]:
     """`rollout ARGS` in-process (its own error handling and exit codes): (exit code, output)."""
-    from rollout.cli.app import run
+    from rollout.cli.app import err, out, run
 
     monkeypatch.setattr(sys, "argv", ["rollout", *args])
-    monkeypatch.setenv("COLUMNS", "200")
+    # Wide consoles, whenever they were made: a wrapped line would hide a phrase (or a secret).
+    for console in (out, err):
+        monkeypatch.setattr(console, "_width", 200)
     capsys.readouterr()
     try:
         run()

@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
+from rollout.adapters.local_stack.processes import free_port
 from rollout.engine.events import Event, Notice, RunFinished, RunStarted, StepFinished
 from rollout.engine.notifications import Notifier, compose, dedup_key
 from rollout.engine.plan import Notifications
-from tests.conftest import free_port
 from tests.engine.conftest import LOCAL_HEADER, Cli, write_plan
 
 ROUTING_KEY = "R0UT1NGKEY0123456789abcdef012345"

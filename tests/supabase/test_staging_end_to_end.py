@@ -28,7 +28,7 @@ import pytest
 
 from rollout.adapters import smoke
 from rollout.adapters.local_stack.bootstrap import apply_bootstrap
-from rollout.adapters.local_stack.processes import free_port, spawn, stop_pid, wait_for_port
+from rollout.adapters.local_stack.processes import spawn, start_on_port, stop_pid, wait_for_port
 from rollout.adapters.local_stack.stack import DENO_NPM_FLAGS, deno_bin
 from rollout.engine.plan import load_plan
 from tests.supabase.conftest import REF, TOKEN, FakeSupabase, StoredFunction, parse_deploy_form
@@ -67,18 +67,21 @@ class EdgeRuntime:
         for rel, content in stored.files.items():
             (bundle / rel).parent.mkdir(parents=True, exist_ok=True)
             (bundle / rel).write_bytes(content)
-        port = free_port()
         env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "DENO_DIR")}
-        env |= {"DENO_SERVE_ADDRESS": f"tcp:127.0.0.1:{port}", "SUPABASE_DB_URL": self.db_url,
-                "SUPABASE_JWKS": json.dumps(self.fake.jwks()),
-                "SUPABASE_SECRET_KEYS": json.dumps({"default": SECRET_KEY}),
-                **self.fake.secrets}
+        env |= {"SUPABASE_DB_URL": self.db_url, "SUPABASE_JWKS": json.dumps(self.fake.jwks()),
+                "SUPABASE_SECRET_KEYS": json.dumps({"default": SECRET_KEY}), **self.fake.secrets}
         log = bundle / "worker.log"
-        pid = spawn([deno_bin(), "run", *DENO_NPM_FLAGS, "--config", str(bundle / "deno.json"),
-                     "--lock", str(bundle / "deno.lock"), "--frozen",
-                     str(bundle / stored.entrypoint)], env, log, cwd=bundle)
-        self.pids.append(pid)
-        wait_for_port(port, pid, f"function {stored.slug}", log)
+
+        def start(port: int) -> int:
+            pid = spawn([deno_bin(), "run", *DENO_NPM_FLAGS, "--config", str(bundle / "deno.json"),
+                         "--lock", str(bundle / "deno.lock"), "--frozen",
+                         str(bundle / stored.entrypoint)],
+                        {**env, "DENO_SERVE_ADDRESS": f"tcp:127.0.0.1:{port}"}, log, cwd=bundle)
+            self.pids.append(pid)
+            wait_for_port(port, pid, f"function {stored.slug}", log)
+            return port
+
+        port = start_on_port(start)
         self.workers[key] = port
         return port
 

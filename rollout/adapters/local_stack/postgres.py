@@ -21,9 +21,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from rollout.errors import StackError
+from rollout.errors import PortTaken, StackError
 
 SUPERUSER = "postgres"
+# strerror(EADDRINUSE), as PostgreSQL and Deno log it when the port is taken
+ADDRESS_IN_USE = "Address already in use"
 
 
 def wheel_bin_dir() -> Path:
@@ -192,7 +194,8 @@ class EmbeddedPostgres:
         )
         if result.returncode != 0:
             tail = _tail(self.log_file)
-            raise StackError(
+            error = PortTaken if ADDRESS_IN_USE in _tail(self.log_file, 10) else StackError
+            raise error(
                 f"PostgreSQL did not start on 127.0.0.1:{self.port}: "
                 f"{result.stderr.strip() or result.stdout.strip()} {tail}".strip()
             )

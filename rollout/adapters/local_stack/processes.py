@@ -8,17 +8,36 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TypeVar
 
-from rollout.adapters.local_stack.postgres import process_alive
-from rollout.errors import StackError
+from rollout.adapters.local_stack.postgres import ADDRESS_IN_USE, process_alive
+from rollout.errors import PortTaken, StackError
+
+T = TypeVar("T")
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def start_on_port(start: Callable[[int], T], preferred: int | None = None, *,
+                  fixed: bool = False, attempts: int = 3) -> T:
+    """`start(port)` on `preferred` (or a free port). A port found free can be bound by another
+    process before the server binds it: on `PortTaken` pick another, unless the port is `fixed`
+    (the user chose it)."""
+    port = preferred or free_port()
+    for attempt in range(1, attempts + 1):
+        try:
+            return start(port)
+        except PortTaken:
+            if fixed or attempt == attempts:
+                raise
+            port = free_port()
+    raise AssertionError("unreachable")
 
 
 def port_in_use(port: int) -> bool:
@@ -37,14 +56,54 @@ def spawn(argv: list[str], env: Mapping[str, str], log_file: Path, cwd: Path) ->
     return proc.pid
 
 
+def _listening_sockets(port: int) -> set[str] | None:
+    """Inodes of the TCP sockets listening on `port` (None where /proc/net cannot be read)."""
+    found: set[str] = set()
+    readable = False
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        readable = True
+        for line in lines:
+            fields = line.split()
+            local, state, inode = fields[1], fields[3], fields[9]
+            if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                found.add(inode)
+    return found if readable else None
+
+
+def listens(pid: int, port: int) -> bool:
+    """`pid` itself listens on `port`, not merely some process (e.g. another stack's server
+    that took the port first). Without /proc, anything accepting connections there counts."""
+    inodes = _listening_sockets(port)
+    if inodes is None:
+        return port_in_use(port)
+    if not inodes:
+        return False
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return port_in_use(port)
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if link.startswith("socket:[") and link[8:-1] in inodes:
+                return True
+    return False
+
+
 def wait_for_port(port: int, pid: int, name: str, log_file: Path, timeout: float = 30) -> None:
-    """Wait until `port` accepts connections; fail fast, with the log's tail, if the child dies."""
+    """Wait until the child `pid` listens on `port`; fail fast, with the log's tail, if it dies
+    (`PortTaken` when another process had bound the port)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if port_in_use(port):
+        if listens(pid, port):
             return
         if not process_alive(pid):
-            raise StackError(f"{name} exited during start-up: {log_tail(log_file)}")
+            error = PortTaken if ADDRESS_IN_USE in log_tail(log_file, 20) else StackError
+            raise error(f"{name} exited during start-up: {log_tail(log_file)}")
         time.sleep(0.05)
     raise StackError(f"{name} did not listen on 127.0.0.1:{port} within {timeout:.0f}s")
 

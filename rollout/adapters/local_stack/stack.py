@@ -12,6 +12,7 @@ import os
 import secrets
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -24,9 +25,9 @@ from rollout.adapters.function_bundle import collect_bundle
 from rollout.adapters.local_stack.bootstrap import apply_bootstrap
 from rollout.adapters.local_stack.postgres import EmbeddedPostgres, process_alive
 from rollout.adapters.local_stack.processes import (
-    free_port,
     port_in_use,
     spawn,
+    start_on_port,
     stop_pid,
     wait_for_port,
 )
@@ -199,17 +200,18 @@ class LocalStack:
         tmp.write_text(json.dumps(routes))
         tmp.replace(self.dir / "routes.json")
 
-    def _pick_port(self, current: int, env_name: str) -> int:
+    def _start_on_port(self, start: Callable[[int], None], current: int, env_name: str) -> None:
+        """`start(port)` on the port the user configured in `env_name`, else on the one used
+        before (URLs stay the same across restarts) if it is still free, else on a free one."""
         configured = os.environ.get(env_name)
         if configured:
             port = int(configured)
             if port_in_use(port):
                 raise StackError(f"port {port} ({env_name}) is already in use on 127.0.0.1: "
                                  f"free it or choose another")
-            return port
-        if current and not port_in_use(current):
-            return current
-        return free_port()
+            start_on_port(start, port, fixed=True)
+        else:
+            start_on_port(start, current if current and not port_in_use(current) else None)
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -223,11 +225,8 @@ class LocalStack:
         started = False
         server = self.postgres
         if server.pid() is None:
-            self.state.pg_port = self._pick_port(self.state.pg_port, "ROLLOUT_LOCAL_PG_PORT")
-            server = self.postgres
             server.init()
-            server.start()
-            server.wait_ready()
+            self._start_on_port(self._start_postgres, self.state.pg_port, "ROLLOUT_LOCAL_PG_PORT")
             started = True
         with psycopg.connect(self.db_url, autocommit=True) as conn:
             apply_bootstrap(conn)
@@ -262,8 +261,17 @@ class LocalStack:
             self._save()
         return stopped
 
+    def _start_postgres(self, port: int) -> None:
+        self.state.pg_port = port
+        server = self.postgres
+        server.start()
+        server.wait_ready()
+
     def _start_gateway(self) -> None:
-        self.state.api_port = self._pick_port(self.state.api_port, "ROLLOUT_LOCAL_API_PORT")
+        self._start_on_port(self._spawn_gateway, self.state.api_port, "ROLLOUT_LOCAL_API_PORT")
+
+    def _spawn_gateway(self, port: int) -> None:
+        self.state.api_port = port
         gateway = Path(str(resources.files(__package__).joinpath("gateway.ts")))
         env = {
             **_base_env(),
@@ -357,7 +365,9 @@ class LocalStack:
         }
 
     def _start_worker(self, name: str, bundle: Path, version: int) -> FunctionWorker:
-        port = free_port()
+        return start_on_port(lambda port: self._spawn_worker(name, bundle, version, port))
+
+    def _spawn_worker(self, name: str, bundle: Path, version: int, port: int) -> FunctionWorker:
         env = {
             **_base_env(),
             **self.function_secrets(),
