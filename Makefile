@@ -8,6 +8,9 @@ UV := .tools/bin/uv
 VENV := .venv
 DENO := $(VENV)/bin/deno
 ROLLOUT := $(VENV)/bin/rollout
+# The project's own bytecode too (uv compiles only the dependencies), written even where the
+# shell sets PYTHONDONTWRITEBYTECODE: without it every `rollout` start compiles its modules.
+COMPILE := $(VENV)/bin/python -m compileall -q rollout
 
 .PHONY: install demo test lint bench clean
 
@@ -17,6 +20,7 @@ $(UV):
 
 $(VENV)/.installed: $(UV) pyproject.toml uv.lock deno.json deno.lock rollout/adapters/local_stack/deno.lock
 	$(UV) sync --frozen --quiet --compile-bytecode
+	$(COMPILE)
 	$(DENO) install --frozen --quiet --config deno.json --entrypoint functions/*/index.ts
 	$(DENO) cache --frozen --quiet --config rollout/adapters/local_stack/deno.json rollout/adapters/local_stack/gateway.ts
 	@scripts/system-packages.sh
@@ -31,6 +35,7 @@ test: install
 	$(VENV)/bin/python scripts/check.py
 
 bench: install
+	$(COMPILE)
 	$(VENV)/bin/python -m bench.run
 
 clean:

@@ -20,7 +20,10 @@ app = typer.Typer(
         "`rollout plan PLAN` shows what would run; `rollout rollback PLAN` undoes it."
     ),
     no_args_is_help=True,
-    rich_markup_mode="markdown",
+    # Plain help (click's formatter): typer's rich help imports rich's Markdown, Syntax and
+    # Traceback (markdown-it, pygments, attrs) on every --help, 90 ms of a 230 ms start-up.
+    rich_markup_mode=None,
+    context_settings={"max_content_width": 120},
     pretty_exceptions_enable=False,
 )
 
