@@ -4,17 +4,21 @@ Each measurement runs against a throw-away local stack started by `rollout` itse
 PostgreSQL, the Deno gateway and functions) holding production's schema with `app_data.sql`'s
 data, torn down at the end; each figure is the median of RUNS runs with min and max:
 
-1. DM send rate against its call shape's ceiling (`bench/sql_rates.py`, pgbench, 8 clients).
-2. Broadcast fan-out: SQL `send_broadcast` as the organizer to 100, 1,000 and 5,000 recipients.
-3. Inbox: `get_user_conversations()` over the gateway for a user with 1,000 conversations.
-4. Where the time goes: auto_explain of a DM and a 5,000 fan-out, to bench/explain/.
-5. k6: the seed's §4.3 volume (5,000 DMs, 500 broadcasts) at rising arrival rates: the highest
+1. `rollout rehearse plans/local.yaml` (k6 off) and `rollout --help` start-up, first, while the
+   machine is quiet.
+2. DM send rate against its call shape's ceiling (`bench/sql_rates.py`, pgbench, 8 clients).
+3. Broadcast fan-out: SQL `send_broadcast` as the organizer to 100, 1,000 and 5,000 recipients.
+4. Inbox: `get_user_conversations()` over the gateway for a user with 1,000 conversations.
+5. Where the time goes: auto_explain of a DM and a 5,000 fan-out, to bench/explain/.
+6. k6: the seed's §4.3 volume (5,000 DMs, 500 broadcasts) at rising arrival rates: the highest
    rate that holds the seed's thresholds, and that rate ÷ the same DMs made directly in SQL.
-6. The maintenance window on production's schema with `app_data.sql`'s data (20,000 users,
+7. The maintenance window on production's schema with `app_data.sql`'s data (20,000 users,
    300 shows, 40,000 conversations) and 1,000,000 messages: how long writes were refused
    (maintenance on → off), the migration's own time, the rollback's time and the size of what
    the rollback archives.
-7. `rollout rehearse plans/local.yaml` (k6 off) and `rollout --help` start-up.
+
+Between bursts the database is settled (`settle`: the legacy sync caught up, vacuum, analyze,
+checkpoint), so that one measurement does not pay for the previous one's backlog.
 """
 
 from __future__ import annotations
@@ -95,6 +99,15 @@ def sql(url: str, query: str, params: Any = None) -> list[tuple[Any, ...]]:
         return cur.fetchall() if cur.description else []
 
 
+def settle(url: str) -> None:
+    """The database as it stands between bursts: the legacy sync caught up, dead rows vacuumed,
+    statistics fresh and dirty pages written, so that no catch-up after a pgbench burst, no
+    autovacuum and no checkpoint runs inside the next measurement."""
+    sql(url, "select public.sync_legacy_message_columns()")
+    sql(url, "vacuum analyze")
+    sql(url, "checkpoint")
+
+
 def seed_users(url: str, group: str, count: int, role: str) -> list[str]:
     """`count` users (auth.users + profiles) with ids bench_id(group, 1..count)."""
     prefix = f"b0000000-0000-4000-{group}-"
@@ -124,7 +137,7 @@ def timed(action: Callable[[], Any]) -> float:
     return time.perf_counter() - began
 
 
-# ---- 1. DM send rate against its call shape's ceiling (pgbench, bench/sql_rates.py) ------------
+# ---- DM send rate against its call shape's ceiling (pgbench, bench/sql_rates.py) ------------
 
 
 def bench_dm_rate(s: LocalStack) -> dict[str, Any]:
@@ -136,10 +149,11 @@ def bench_dm_rate(s: LocalStack) -> dict[str, Any]:
     try:
         return sql_rates.dm_rates(s.db_url, wheel_bin_dir() / "pgbench", rounds=RUNS)
     finally:
+        settle(s.db_url)
         s.set_schedules(jobs)
 
 
-# ---- 2. broadcast fan-out ----------------------------------------------------------------------
+# ---- broadcast fan-out ----------------------------------------------------------------------
 
 
 def bench_fanout(s: LocalStack) -> dict[int, list[float]]:
@@ -182,7 +196,7 @@ def broadcast(conn: psycopg.Connection, organizer: str, show: str) -> dict[str, 
     return dict(row[0])
 
 
-# ---- 3. inbox latency ----------------------------------------------------------------------------
+# ---- inbox latency ----------------------------------------------------------------------------
 
 
 def bench_inbox(s: LocalStack) -> dict[str, list[float]]:
@@ -211,7 +225,7 @@ def bench_inbox(s: LocalStack) -> dict[str, list[float]]:
                      f"from generate_series(1, %(n)s) g, generate_series(0, 9) k", params)
         # ... and the legacy sync past them, as its job leaves it a few seconds on.
         conn.execute("update public.messaging_legacy_sync set synced_from = now()")
-    sql(url, "analyze")
+    settle(url)
     headers = {"apikey": s.secret("anon_key"),
                "Authorization": f"Bearer {mint_token(s.secret('jwt_secret'), user, 3600)}"}
     rounds: dict[str, list[float]] = {"p50": [], "p99": []}
@@ -233,7 +247,7 @@ def bench_inbox(s: LocalStack) -> dict[str, list[float]]:
     return rounds
 
 
-# ---- 4. the maintenance window ------------------------------------------------------------------
+# ---- the maintenance window ------------------------------------------------------------------
 
 
 def bench_maintenance() -> dict[str, list[float]]:
@@ -264,7 +278,7 @@ def bench_maintenance() -> dict[str, list[float]]:
         return figures
 
 
-# ---- 5. k6 ---------------------------------------------------------------------------------------
+# ---- k6 ---------------------------------------------------------------------------------------
 
 
 SEED_DMS, SEED_BROADCASTS = 5000, 500  # the seed's §4.3 volume
@@ -322,7 +336,7 @@ def k6_run(s: LocalStack, rate: int) -> dict[str, Any]:
     return result
 
 
-# ---- 6. the CLI: rehearsal and start-up ------------------------------------------------------
+# ---- the CLI: rehearsal and start-up ------------------------------------------------------
 
 
 def bench_cli() -> dict[str, list[float]]:
@@ -515,31 +529,32 @@ def main() -> int:
     began = time.monotonic()
     info = machine()
     log(f"machine: {info}")
+    # First, on a quiet machine: no writeback of the other benchmarks' clusters under it.
+    log("1/7 rehearsal and CLI start-up")
+    cli = bench_cli()
+    log(f"    {cli}")
     with stack("plans/local.yaml", "app-adoption") as (s, env):
         log("loading app_data.sql (production-shaped data)")
         app_data.load(s.db_url, app_data.Sizes())
         rollout(env, "apply", "plans/local.yaml", "--yes", "--to", "deploy-functions")
-        log("1/7 DM send rate vs its ceiling (pgbench)")
+        log("2/7 DM send rate vs its ceiling (pgbench)")
         dm = bench_dm_rate(s)
         log(f"    {dm['median']} dm/ceiling {dm['dm_over_ceiling']:.2f} "
             f"with the sync job {dm['dm_sync_over_ceiling']:.2f}")
-        log("2/7 broadcast fan-out")
+        log("3/7 broadcast fan-out")
         fanout = bench_fanout(s)
         log(f"    {fanout}")
-        log("3/7 inbox latency")
+        log("4/7 inbox latency")
         inbox = bench_inbox(s)
         log(f"    {inbox}")
-        log("4/7 where the time goes (auto_explain)")
+        log("5/7 where the time goes (auto_explain)")
         explain_plans(s)
-        log("5/7 k6: the seed's volume at rising arrival rates")
+        log("6/7 k6: the seed's volume at rising arrival rates")
         k6_rate = bench_k6_rate(s)
         log(f"    best {k6_rate['best']}/s; SQL {k6_rate['sql_rate']:.0f}/s")
-    log("6/7 maintenance window and rollback on 1M messages")
+    log("7/7 maintenance window and rollback on 1M messages")
     window = bench_maintenance()
     log(f"    {window}")
-    log("7/7 rehearsal and CLI start-up")
-    cli = bench_cli()
-    log(f"    {cli}")
     write_results(info, dm, fanout, inbox, window, k6_rate, cli, time.monotonic() - began)
     log(f"wrote {RESULTS}")
     return 0
