@@ -42,11 +42,11 @@ import httpx
 import psycopg
 
 from bench import sql_rates
-from rollout.adapters import k6
 from rollout.adapters.local_stack import app_data
 from rollout.adapters.local_stack.postgres import wheel_bin_dir
 from rollout.adapters.local_stack.stack import LocalStack
-from rollout.adapters.smoke import SUBSCRIPTION_OF_ROLE, mint_token
+from rollout.checks import k6
+from rollout.checks.smoke import SUBSCRIPTION_OF_ROLE, mint_token
 
 ROOT = Path(__file__).resolve().parent.parent
 ROLLOUT = [sys.executable, "-m", "rollout"]

@@ -8,14 +8,14 @@
 //              mean the quota was taken twice), and it is also counted in broadcast_quota_refused.
 //              Tagged kind=broadcast.
 //
-// Run by `rollout` (rollout/adapters/k6.py), or by hand / by the k6-operator with:
+// Run by `rollout` (rollout/checks/k6.py), or by hand / by the k6-operator with:
 //   API_URL        the project URL (https://<ref>.supabase.co or the local gateway)
 //   ANON_KEY       the anon key (the `apikey` header)
 //   USERS_FILE     JSON: {attendees: [{id, token}], mvp_dealers: [{id, token}],
 //                         broadcasts: [{show_id, organizer_id, token}]}  (tokens = user JWTs)
 //   TOKEN_FILES    optional, comma-separated JSON files {"<user id>": "<token>"}: the tokens
 //                  of users listed in USERS_FILE without one (the k6-operator path keeps ids
-//                  in a ConfigMap and tokens in Secrets; see rollout/adapters/k6_operator.py)
+//                  in a ConfigMap and tokens in Secrets; see rollout/checks/k6_operator.py)
 //   DM_VUS, DM_ITERATIONS (per VU) or DM_DURATION ("30s": constant VUs instead), or DM_RATE
 //   (DMs per second for DM_DURATION: constant-arrival-rate, DM_VUS pre-allocated; the
 //   broadcasts then arrive evenly over DM_DURATION too), BROADCASTS (0 = none),

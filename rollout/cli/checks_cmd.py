@@ -23,10 +23,10 @@ from rollout.errors import UsageError
 from rollout.paths import state_dir
 
 if TYPE_CHECKING:
-    from rollout.adapters.k6 import LoadReport
-    from rollout.adapters.smoke import SmokeReport
+    from rollout.checks.k6 import LoadReport
+    from rollout.checks.smoke import SmokeReport
     from rollout.engine.plan import Plan
-    from rollout.engine.rehearsal import (
+    from rollout.workflows.rehearsal import (
         RehearsalEvent,
         RehearsalReport,
     )
@@ -75,8 +75,8 @@ def smoke(
     """
     from rollout.engine.events import Masker
     from rollout.engine.plan import load_plan
-    from rollout.engine.rehearsal import smoke_check
     from rollout.engine.targets import build_target
+    from rollout.workflows.rehearsal import smoke_check
 
     loaded = load_plan(Path(plan))
     target = build_target(loaded)
@@ -160,7 +160,7 @@ def load(
     """
     from rollout.engine.events import Masker
     from rollout.engine.plan import load_plan
-    from rollout.engine.rehearsal import load_check
+    from rollout.workflows.rehearsal import load_check
 
     loaded = load_plan(Path(plan))
     if emit_k6_operator_file or prepare_k6_operator_dir or remove_k6_operator_users:
@@ -175,8 +175,8 @@ def load(
         else:
             operator.emit(loaded, params, Path(emit_k6_operator_file))
         return
-    from rollout.engine.rehearsal import load_params
     from rollout.engine.targets import build_target
+    from rollout.workflows.rehearsal import load_params
 
     params = load_params(loaded)
     target = build_target(loaded)
@@ -207,7 +207,7 @@ class RehearsalRenderer:
 
     def __call__(self, event: RehearsalEvent) -> None:
         from rollout.engine.events import Notice, RunFinished, RunStarted, StepFinished
-        from rollout.engine.rehearsal import PhaseFinished, PhaseStarted
+        from rollout.workflows.rehearsal import PhaseFinished, PhaseStarted
 
         if isinstance(event, PhaseStarted):
             out.print(f"[bold]{event.index}/{event.total} {event.name}[/bold] "
@@ -266,9 +266,9 @@ def rehearse(
     Exit 1 when a phase fails, 3 when the rollback itself failed.
     """
     from rollout.engine.plan import load_plan
-    from rollout.engine.rehearsal import Rehearsal
     from rollout.engine.targets import build_target
     from rollout.reports.release import Recorder, build
+    from rollout.workflows.rehearsal import Rehearsal
 
     loaded: Plan = load_plan(Path(plan))
     if loaded.model.production and not allow_production:

@@ -14,7 +14,7 @@ from rollout.cli.release import _confirm_production
 from rollout.paths import project_root
 
 if TYPE_CHECKING:
-    from rollout.adapters.k6 import LoadParams
+    from rollout.checks.k6 import LoadParams
     from rollout.engine.plan import Plan
 
 
@@ -27,8 +27,8 @@ def plan_label(plan: Plan) -> str:
 
 
 def sized(plan: Plan, seed_scale: bool, parallelism: int | None) -> LoadParams:
-    from rollout.adapters.k6_operator import seed_params
-    from rollout.engine.rehearsal import load_params
+    from rollout.checks.k6_operator import seed_params
+    from rollout.workflows.rehearsal import load_params
 
     params = seed_params() if seed_scale else load_params(plan)
     if parallelism is not None:
@@ -37,7 +37,7 @@ def sized(plan: Plan, seed_scale: bool, parallelism: int | None) -> LoadParams:
 
 
 def emit(plan: Plan, params: LoadParams, out_file: Path) -> None:
-    from rollout.adapters.k6_operator import write_testrun
+    from rollout.checks.k6_operator import write_testrun
 
     path = write_testrun(params, out_file, plan=plan_label(plan))
     out.print(f"wrote {path} (k6-operator TestRun, {params.parallelism} runner(s)); its "
@@ -46,8 +46,8 @@ def emit(plan: Plan, params: LoadParams, out_file: Path) -> None:
 
 
 def prepare(plan: Plan, params: LoadParams, out_dir: Path, token_ttl: str, yes: bool) -> None:
-    from rollout.adapters import k6_operator
-    from rollout.adapters.k6 import default_script
+    from rollout.checks import k6_operator
+    from rollout.checks.k6 import default_script
     from rollout.engine.targets import build_target
 
     ttl = int(k6_operator.seconds(token_ttl))
@@ -77,7 +77,7 @@ def prepare(plan: Plan, params: LoadParams, out_dir: Path, token_ttl: str, yes: 
 
 
 def remove(plan: Plan, yes: bool) -> None:
-    from rollout.adapters import k6_operator
+    from rollout.checks import k6_operator
     from rollout.engine.targets import build_target
 
     _confirm_production(plan, yes, "delete the load users")

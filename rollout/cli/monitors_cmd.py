@@ -22,9 +22,9 @@ from rollout.cli.flags_cmd import ENV_OPT, PLAN_OPT, plan_for
 from rollout.errors import UsageError
 
 if TYPE_CHECKING:
-    from rollout.adapters import monitors
-    from rollout.adapters.monitors import CheckResult
     from rollout.adapters.targets import Target
+    from rollout.checks import monitors
+    from rollout.checks.monitors import CheckResult
 
 check_app = typer.Typer(
     help="Monitors of a live environment (runbook §6). Exit 1 on a breach: run them from cron, "
@@ -107,7 +107,7 @@ def reports(
     json_output: bool = JSON_OPT,
 ) -> None:
     """Pending moderation reports (`reported_messages` with report_status 'pending')."""
-    from rollout.adapters import monitors
+    from rollout.checks import monitors
 
     target = _target(plan, env)
     _run(lambda: monitors.pending_reports(target.db_url, max_pending), watch, json_output)
@@ -130,7 +130,7 @@ def health(
     """
     from dataclasses import replace
 
-    from rollout.adapters import monitors
+    from rollout.checks import monitors
     from rollout.engine.liveness import dead_run_at
 
     loaded = plan_for(plan, env, database_only=False)
@@ -158,7 +158,7 @@ def errors(
     json_output: bool = JSON_OPT,
 ) -> None:
     """Edge-function error rate: local from the gateway's counters, Supabase from its logs."""
-    from rollout.adapters import monitors
+    from rollout.checks import monitors
 
     rate = monitors.parse_rate(max_rate)
     if not 1 <= window <= 24 * 60:

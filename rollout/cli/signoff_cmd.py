@@ -47,10 +47,10 @@ def signoff(
     item holds, appends a CHANGELOG entry (ROLLOUT_CHANGELOG, default CHANGELOG.md) and
     announces the release in the plan's Slack channel, once per plan version.
     """
-    from rollout.engine import signoff as checklist
     from rollout.engine.journal import Journal
     from rollout.engine.runner import operator_name
     from rollout.engine.targets import build_target
+    from rollout.workflows import signoff as checklist
 
     loaded = _resolve(plan)
     if rehearsed_on_env and not rehearsed_on:

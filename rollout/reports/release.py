@@ -19,8 +19,8 @@ from typing import Any
 
 import psycopg
 
-from rollout.adapters import k6
 from rollout.adapters.targets import Target
+from rollout.checks import k6
 from rollout.engine.events import (
     Masker,
     Notice,
@@ -30,9 +30,9 @@ from rollout.engine.events import (
     StepStarted,
 )
 from rollout.engine.plan import Plan
-from rollout.engine.rehearsal import PhaseFinished, PhaseStarted, RehearsalEvent
 from rollout.engine.runner import git_commit, operator_name
 from rollout.errors import RolloutError
+from rollout.workflows.rehearsal import PhaseFinished, PhaseStarted, RehearsalEvent
 
 
 @dataclass
@@ -222,7 +222,7 @@ def _load(step: StepFinished) -> LoadSection | None:
 def _checklist(plan: Plan, target: Target, masker: Masker) -> dict[str, Any] | None:
     """The §8 sign-off checklist as the journal has it now (no live probe: read-only)."""
     from rollout.engine.journal import Journal
-    from rollout.engine.signoff import evaluate
+    from rollout.workflows.signoff import evaluate
 
     try:
         journal = Journal(target.db_url, masker)

@@ -14,9 +14,9 @@ from typing import Annotated, ClassVar
 
 from pydantic import AfterValidator, Field, ValidationInfo, field_validator
 
-from rollout.adapters import k6, smoke
-from rollout.adapters.k6 import LoadParams, LoadReport
-from rollout.adapters.smoke import SmokeReport
+from rollout.checks import k6, smoke
+from rollout.checks.k6 import LoadParams, LoadReport
+from rollout.checks.smoke import SmokeReport
 from rollout.errors import StepFailed, TargetError, UsageError
 from rollout.steps.base import Detail, Params, Step, StepContext, project_file
 
@@ -132,7 +132,7 @@ class CheckSmoke(Step):
 
 
 class LoadStepParams(Params):
-    """The load's size and thresholds: the fields of `LoadParams` (rollout/adapters/k6.py)."""
+    """The load's size and thresholds: the fields of `LoadParams` (rollout/checks/k6.py)."""
 
     attendees: int = Field(50, ge=1)
     mvp_dealers: int = Field(10, ge=1)

@@ -2,7 +2,7 @@
 condition, an interval and a limit of consecutive failures before it counts as a breach.
 
 A guard measures with gate.analysis's code (a `query` or a `url` + `json_field`) or a built-in
-source by name (`source: gateway-errors`, see adapters/guard_sources.py). A measurement that
+source by name (`source: gateway-errors`, see checks/guard_sources.py). A measurement that
 cannot be taken is *inconclusive*: neither a pass nor a failure — the caller asks a person.
 """
 
@@ -14,8 +14,8 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from rollout.adapters import guard_sources
 from rollout.adapters.targets import Target
+from rollout.checks import guard_sources
 from rollout.steps.gates import Measured, check_condition, check_duration, holds, measure, seconds
 
 Verdict = Literal["ok", "failing", "breach", "inconclusive"]

@@ -28,8 +28,8 @@ import jsonschema
 import pytest
 import yaml
 
-from rollout.adapters import k6, k6_operator
-from rollout.adapters.k6 import LoadCast, LoadParams, load_id
+from rollout.checks import k6, k6_operator
+from rollout.checks.k6 import LoadCast, LoadParams, load_id
 from rollout.errors import UsageError
 from rollout.paths import project_root
 from tests.checks.conftest import Target, fingerprint

@@ -9,8 +9,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from rollout.adapters import k6
-from rollout.adapters.k6 import LoadParams
+from rollout.checks import k6
+from rollout.checks.k6 import LoadParams
 from rollout.errors import TargetError
 from tests.checks.conftest import Target, fingerprint
 

@@ -12,8 +12,8 @@ import jwt
 import psycopg
 import pytest
 
-from rollout.adapters import smoke
-from rollout.adapters.smoke import FlowResult, SmokeReport
+from rollout.checks import smoke
+from rollout.checks.smoke import FlowResult, SmokeReport
 from rollout.errors import TargetError
 from tests.checks.conftest import Target, counts, fingerprint
 

@@ -18,13 +18,13 @@ import httpx
 import pytest
 import respx
 
-from rollout.adapters import guard_sources
 from rollout.adapters.local_stack.postgres import shared_dir
 from rollout.adapters.local_stack.processes import stop_pid
 from rollout.adapters.local_stack.stack import LocalStack
-from rollout.adapters.monitors import error_rate, parse_rate
 from rollout.adapters.supabase_target import SupabaseTarget
 from rollout.adapters.targets import LocalTarget
+from rollout.checks import guard_sources
+from rollout.checks.monitors import error_rate, parse_rate
 from rollout.errors import UsageError
 from tests.engine.conftest import Cli
 from tests.engine.test_flags_cli import run_all

@@ -14,7 +14,7 @@ import pytest
 from pydantic import ValidationError
 
 from rollout.adapters import flags as real_flags
-from rollout.adapters import guard_sources
+from rollout.checks import guard_sources
 from rollout.errors import StepFailed, TargetError
 from rollout.steps import KINDS, StepContext, ramp
 from rollout.steps.guards import Guard, GuardParams

@@ -20,9 +20,9 @@ import pytest
 from rollout.adapters.local_stack.postgres import shared_dir
 from rollout.adapters.local_stack.processes import stop_pid
 from rollout.adapters.local_stack.stack import LocalStack
-from rollout.engine import signoff
 from rollout.engine.journal import Journal, RunInfo
 from rollout.engine.plan import Plan, load_plan
+from rollout.workflows import signoff
 from tests.engine.conftest import ROOT, Cli
 from tests.engine.test_flags_cli import run_all
 from tests.engine.test_notifications import dead_url, serve_receiver

@@ -20,7 +20,7 @@ from psycopg import sql
 
 from rollout.adapters.local_stack.bootstrap import apply_bootstrap
 from rollout.adapters.local_stack.postgres import EmbeddedPostgres
-from rollout.adapters.smoke import SUBSCRIPTION_OF_ROLE
+from rollout.checks.smoke import SUBSCRIPTION_OF_ROLE
 from tests.conftest import create_database, running_server
 
 MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"

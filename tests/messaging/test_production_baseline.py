@@ -11,9 +11,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from rollout.adapters import snapshot
 from rollout.adapters.local_stack.app_data import Sizes, load
 from rollout.adapters.local_stack.bootstrap import apply_bootstrap
+from rollout.checks import snapshot
 from tests.conftest import create_database
 from tests.messaging.catalog import row_snapshot, schema_snapshot
 from tests.messaging.conftest import LEGACY, ROLLBACK, V2, Api, Db, apply_file

@@ -26,10 +26,10 @@ import httpx
 import psycopg
 import pytest
 
-from rollout.adapters import smoke
 from rollout.adapters.local_stack.bootstrap import apply_bootstrap
 from rollout.adapters.local_stack.processes import spawn, start_on_port, stop_pid, wait_for_port
 from rollout.adapters.local_stack.stack import DENO_NPM_FLAGS, deno_bin
+from rollout.checks import smoke
 from rollout.engine.plan import load_plan
 from tests.supabase.conftest import REF, TOKEN, FakeSupabase, StoredFunction, parse_deploy_form
 from tests.supabase.test_pg_cron import CronServer, cron_server  # noqa: F401  (fixture)

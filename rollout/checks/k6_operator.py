@@ -41,7 +41,7 @@ from typing import Any
 
 import yaml
 
-from rollout.adapters.k6 import (
+from rollout.checks.k6 import (
     DEFAULT_THRESHOLDS,
     K6_VERSION,
     LoadCast,
@@ -49,7 +49,7 @@ from rollout.adapters.k6 import (
     remove_load_users,
     seed_load_users,
 )
-from rollout.adapters.smoke import mint_token
+from rollout.checks.smoke import mint_token
 from rollout.errors import UsageError
 
 OPERATOR_MIN_VERSION = "v1.6.0"

@@ -33,7 +33,7 @@ from typing import Any
 
 import psycopg
 
-from rollout.adapters.smoke import (
+from rollout.checks.smoke import (
     Progress,
     clear_quotas,
     delete_cast,

@@ -23,9 +23,9 @@ from typing import Any
 
 import psycopg
 
-from rollout.adapters.monitors import function_health
 from rollout.adapters.notify import Outcome, send_slack
 from rollout.adapters.targets import Target
+from rollout.checks.monitors import function_health
 from rollout.engine.journal import Journal, RunInfo
 from rollout.engine.plan import Plan, load_plan
 from rollout.engine.targets import build_target

@@ -26,8 +26,8 @@ from typing import Any
 import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
-from rollout.adapters import monitors
 from rollout.adapters.targets import Target
+from rollout.checks import monitors
 from rollout.errors import TargetError, UsageError
 
 Measure = Callable[[], float]

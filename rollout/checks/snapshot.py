@@ -18,7 +18,7 @@ import httpx
 import psycopg
 from psycopg import sql
 
-from rollout.adapters.smoke import (
+from rollout.checks.smoke import (
     delete_cast,
     first_line,
     insert_auth_users,

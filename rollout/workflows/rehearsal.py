@@ -25,10 +25,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from rollout.adapters import k6, smoke, snapshot
-from rollout.adapters.k6 import LoadParams, LoadReport
-from rollout.adapters.smoke import SmokeReport
 from rollout.adapters.targets import Target
+from rollout.checks import k6, smoke, snapshot
+from rollout.checks.k6 import LoadParams, LoadReport
+from rollout.checks.smoke import SmokeReport
 from rollout.engine.events import (
     Event,
     Masker,
