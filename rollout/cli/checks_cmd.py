@@ -13,7 +13,10 @@ from rich.table import Table
 
 from rollout.cli.app import app, flag_option, out
 from rollout.cli.release import (
+    JSON_OPT,
+    PLAN_ARG,
     REPORT_OPT,
+    YES_OPT,
     _confirm_production,
     _sigterm_as_interrupt,
     write_report,
@@ -31,8 +34,6 @@ if TYPE_CHECKING:
         RehearsalReport,
     )
 
-PLAN_ARG = typer.Argument(..., help="A plan file, e.g. plans/local.yaml.", show_default=False)
-JSON_OPT = flag_option("--json", help="Print one JSON document on stdout instead.")
 MARK = {"passed": "[green]✓ passed[/green]", "failed": "[red]✗ failed[/red]",
         "skipped": "[dim]- skipped[/dim]"}
 
@@ -250,7 +251,7 @@ def rehearse(
     report_file: str = REPORT_OPT,
     junit: str = typer.Option(None, "--junit", help="Write the phases as JUnit XML here."),
     keep: bool = flag_option("--keep", help="Keep the smoke demo data at the end."),
-    yes: bool = flag_option("--yes", "-y", help="Do not ask for confirmation."),
+    yes: bool = YES_OPT,
     allow_production: bool = flag_option(
         "--allow-production", help="Rehearse on a `production: true` plan (it starts by rolling "
                                    "back what is live there)."),

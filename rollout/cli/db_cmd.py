@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from rollout.cli.app import app, flag_option, out
-from rollout.cli.release import PLAN_OR_ENV, _resolve
+from rollout.cli.release import PLAN_OR_ENV, YES_OPT, _resolve
 from rollout.errors import UsageError
 
 db_app = typer.Typer(help="Backups: restore a dump taken by a `db.backup` step.",
@@ -23,8 +23,9 @@ app.add_typer(cron_app, name="cron")
 @db_app.command()
 def restore(
     plan: str = PLAN_OR_ENV,
-    file: Path = typer.Argument(..., exists=True, dir_okay=False, help="A custom-format dump."),
-    yes: bool = flag_option("--yes", "-y", help="Do not ask for confirmation."),
+    file: Path = typer.Argument(..., exists=True, dir_okay=False, metavar="FILE",
+                                help="A custom-format dump."),
+    yes: bool = YES_OPT,
 ) -> None:
     """Restore FILE over the plan's database (one transaction; the journal is left alone).
 

@@ -36,8 +36,8 @@ PLAN_OPT = typer.Option(None, "--plan", help="The plan whose target to use "
 ENV_OPT = typer.Option(None, "--env", help="Or an environment name: the plan in plans/*.yaml "
                        "with that `environment`.")
 JSON_OPT = flag_option("--json", help="Print JSON on stdout instead.")
-NAME_ARG = typer.Argument(..., help="The flag's name, e.g. messaging_v2_enabled.",
-                          show_default=False)
+NAME_ARG = typer.Argument(..., metavar="NAME", show_default=False,
+                          help="The flag's name, e.g. messaging_v2_enabled.")
 
 
 def plan_for(plan: str | None, env: str | None, database_only: bool = True) -> Plan:
@@ -155,8 +155,8 @@ def get_command(name: str = NAME_ARG, plan: str = PLAN_OPT, env: str = ENV_OPT,
 @flag_app.command("set")
 def set_command(
     name: str = NAME_ARG,
-    percentage: str = typer.Argument(..., help="0–100 (a trailing % is fine).",
-                                     show_default=False),
+    percentage: str = typer.Argument(..., metavar="PERCENT", show_default=False,
+                                     help="0–100 (a trailing % is fine)."),
     reason: str = typer.Option(None, "--reason", help="Why: kept in the audit trail."),
     allow_decrease: bool = flag_option("--allow-decrease",
                                         help="Allow lowering it (takes users out)."),

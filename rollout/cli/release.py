@@ -32,8 +32,9 @@ if TYPE_CHECKING:
 # The engine, its steps and adapters (psycopg, httpx, pydantic, jwt) are imported inside the
 # commands: `rollout --help` and shell completion must not pay for them.
 
-PLAN_ARG = typer.Argument(..., help="A plan file, e.g. plans/local.yaml.", show_default=False)
-PLAN_OR_ENV = typer.Argument(..., show_default=False,
+PLAN_ARG = typer.Argument(..., metavar="PLAN", show_default=False,
+                          help="A plan file, e.g. plans/local.yaml.")
+PLAN_OR_ENV = typer.Argument(..., metavar="PLAN", show_default=False,
                              help="A plan file, or an environment name from plans/*.yaml.")
 JSON_OPT = flag_option("--json", help="Print one JSON document on stdout instead.")
 YES_OPT = flag_option("--yes", "-y", help="Do not ask for confirmation.")
@@ -447,8 +448,8 @@ def history(plan: str = PLAN_OR_ENV, limit: int = typer.Option(20, help="How man
 @app.command()
 def approve(
     plan: str = PLAN_OR_ENV,
-    run: str = typer.Argument(..., help="Run id (or its first characters)."),
-    step: str = typer.Argument(..., help="The gate's step id."),
+    run: str = typer.Argument(..., metavar="RUN", help="Run id (or its first characters)."),
+    step: str = typer.Argument(..., metavar="STEP", help="The gate's step id."),
 ) -> None:
     """Approve a waiting gate of a running apply (from another shell)."""
     from rollout.engine.runner import operator_name

@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 
 from rollout.cli.app import app, flag_option, out
-from rollout.cli.release import _resolve
+from rollout.cli.release import PLAN_OR_ENV, _resolve
 from rollout.errors import UsageError
 
 if TYPE_CHECKING:
@@ -22,8 +22,7 @@ STATE = {"ok": "[green]✓[/green]", "missing": "[red]✗ missing[/red]", "n/a":
 
 @app.command("signoff")
 def signoff(
-    plan: str = typer.Argument(..., show_default=False,
-                               help="A plan file, or an environment name from plans/*.yaml."),
+    plan: str = PLAN_OR_ENV,
     confirm: str = typer.Option(None, "--confirm", metavar="ITEM",
                                 help="Record that a person vouches for ITEM (oncall-informed)."),
     by: str = typer.Option(None, "--by", metavar="NAME",
