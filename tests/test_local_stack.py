@@ -212,6 +212,19 @@ def test_bad_tokens_get_401_and_never_reach_the_database(stack: LocalStack, kind
     assert calls(stack) == before
 
 
+def test_a_token_verified_before_is_still_refused_once_it_expires(stack: LocalStack) -> None:
+    """The gateway keeps verified tokens (as PostgREST's JWT cache), never their expiry: a token
+    accepted one second is refused, with PostgREST's answer, the second it expires."""
+    expiring = token(stack, exp=int(time.time()) - 28)  # within the 30 s clock skew, for now
+    assert rpc(stack, "whoami", {}, expiring).json()["uid"] == SUB  # verified, and kept
+    time.sleep(3)
+    before = calls(stack)
+    refused = rpc(stack, "whoami", {}, expiring)
+    assert (refused.status_code, refused.json()["code"]) == (401, "PGRST303")
+    assert refused.json()["message"] == "JWT expired"
+    assert calls(stack) == before
+
+
 def test_unknown_function_and_arguments_are_404_like_postgrest(stack: LocalStack) -> None:
     assert rpc(stack, "nope", {}, token(stack)).json()["code"] == "PGRST202"
     assert rpc(stack, "whoami", {"p_unknown": 1}, token(stack)).status_code == 404
