@@ -227,6 +227,12 @@ def delete_cast(conn: psycopg.Connection, user_ids: Sequence[str],
                 where user_id = any(%(users)s::uuid[])""",
             p,
         )
+        # The messaging system's lock order: conversation rows (in id order, as the legacy
+        # sync takes them), then participants, then messages. Deleting messages and
+        # participants first deadlocks with a sync run that holds the conversations.
+        conn.execute("""select c.id from public.conversations c
+                         where c.id in (select id from _rollout_cast_conversations)
+                         order by c.id for update""")
         if table_exists(conn, "public.broadcast_quotas"):
             run("broadcast_quotas", """delete from public.broadcast_quotas
                  where organizer_id = any(%(users)s::uuid[]) or show_id = any(%(shows)s::uuid[])""",

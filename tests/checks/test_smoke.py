@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import httpx
@@ -97,6 +98,35 @@ def test_seed_and_remove_are_idempotent_and_exact(target: Target) -> None:
     assert fingerprint(target.db_url) == before  # the demo_seed.sql rows are untouched
     assert smoke.remove_demo(target.db_url)["auth.users"] == 0
     assert fingerprint(target.db_url) == before
+
+
+def test_removal_takes_the_conversations_first_as_the_legacy_sync_does(target: Target) -> None:
+    """A sync run that holds the demo chat's row and then updates its participants (the sync's
+    lock order) finishes, and so does the removal: no deadlock, one waits for the other."""
+    cast = smoke.seed_demo(target.db_url)
+    conversation = cast.legacy_conversation_id
+    removal: dict[str, object] = {}
+    with psycopg.connect(target.db_url) as sync:
+        sync.execute("select id from public.conversations where id = %s for no key update",
+                     (conversation,))
+        remover = threading.Thread(target=lambda: removal.update(
+            result=_try(lambda: smoke.remove_demo(target.db_url))))
+        remover.start()
+        time.sleep(0.5)  # the removal is under way, waiting for the chat's row
+        sync.execute("update public.conversation_participants set unread_count = unread_count "
+                     "where conversation_id = %s", (conversation,))
+        sync.commit()
+    remover.join(timeout=30)
+    result = removal["result"]
+    assert isinstance(result, dict), result  # not "deadlock detected"
+    assert result["conversations"] == 1 and result["auth.users"] == 6
+
+
+def _try(action: Callable[[], object]) -> object:
+    try:
+        return action()
+    except TargetError as error:
+        return error
 
 
 @contextmanager
