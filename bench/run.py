@@ -282,7 +282,8 @@ def bench_maintenance() -> dict[str, list[float]]:
 
 
 SEED_DMS, SEED_BROADCASTS = 5000, 500  # the seed's §4.3 volume
-K6_RATES = (200, 400, 600, 800, 1000, 1200, 1400, 1600, 2000)  # DMs a second, lowest first, to a break
+# DMs a second, lowest first, up to the first that breaks
+K6_RATES = (200, 400, 600, 800, 1000, 1200, 1400, 1600, 2000)
 
 
 def bench_k6_rate(s: LocalStack) -> dict[str, Any]:
