@@ -24,8 +24,6 @@ from pathlib import Path
 from rollout.errors import PortTaken, StackError
 
 SUPERUSER = "postgres"
-# strerror(EADDRINUSE), as PostgreSQL and Deno log it when the port is taken
-ADDRESS_IN_USE = "Address already in use"
 
 
 def wheel_bin_dir() -> Path:
@@ -193,11 +191,10 @@ class EmbeddedPostgres:
             "-w", "-t", "30", "start",
         )
         if result.returncode != 0:
-            tail = _tail(self.log_file)
-            error = PortTaken if ADDRESS_IN_USE in _tail(self.log_file, 10) else StackError
-            raise error(
+            raise start_failure(
                 f"PostgreSQL did not start on 127.0.0.1:{self.port}: "
-                f"{result.stderr.strip() or result.stdout.strip()} {tail}".strip()
+                f"{result.stderr.strip() or result.stdout.strip()} {_tail(self.log_file)}".strip(),
+                self.log_file,
             )
 
     def stop(self) -> None:
@@ -230,6 +227,13 @@ def process_alive(pid: int | None) -> bool:
     except (OSError, IndexError):
         return True
     return state != "Z"
+
+
+def start_failure(message: str, log_file: Path) -> StackError:
+    """What a server that did not start raises: `PortTaken` when its log says another process
+    had the port (strerror(EADDRINUSE), as PostgreSQL and Deno log it), else `StackError`."""
+    error = PortTaken if "Address already in use" in _tail(log_file, 20) else StackError
+    return error(message)
 
 
 def _tail(path: Path, lines: int = 3) -> str:

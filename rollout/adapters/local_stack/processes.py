@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TypeVar
 
-from rollout.adapters.local_stack.postgres import ADDRESS_IN_USE, process_alive
+from rollout.adapters.local_stack.postgres import process_alive, start_failure
 from rollout.errors import PortTaken, StackError
 
 T = TypeVar("T")
@@ -102,8 +102,7 @@ def wait_for_port(port: int, pid: int, name: str, log_file: Path, timeout: float
         if listens(pid, port):
             return
         if not process_alive(pid):
-            error = PortTaken if ADDRESS_IN_USE in log_tail(log_file, 20) else StackError
-            raise error(f"{name} exited during start-up: {log_tail(log_file)}")
+            raise start_failure(f"{name} exited during start-up: {log_tail(log_file)}", log_file)
         time.sleep(0.05)
     raise StackError(f"{name} did not listen on 127.0.0.1:{port} within {timeout:.0f}s")
 
