@@ -235,3 +235,23 @@ def test_a_message_moderated_while_the_sync_runs_stays_out_of_the_legacy_columns
     text = v2db.val("select last_message_text from public.conversations where id = %s", (conv,))
     assert text == "[message removed by a moderator]"
     assert secret not in json.dumps(v2db.as_user(a).rpc("get_user_conversations"), default=str)
+
+
+def test_a_message_dated_in_the_past_is_counted_into_the_legacy_columns_at_once_and_once(
+        v2db: Db) -> None:
+    """A backfill (a privileged insert dated before the sync's position) is behind the sync:
+    the insert trigger counts it into production's columns itself, and the sync does not again."""
+    a, m, conv = pair(v2db)
+    sync_legacy_columns(v2db)
+    v2db.q("insert into public.messages (conversation_id, sender_id, message_text, created_at, "
+           "read_by_user_ids) values (%s, %s, '  from the archive\u3000', "
+           "now() - interval '1 day', array[%s]::uuid[])", (conv, m, m))
+    counted = v2db.q("select c.last_message_text, cp.unread_count from public.conversations c "
+                     "join public.conversation_participants cp on cp.conversation_id = c.id "
+                     "where c.id = %s and cp.user_id = %s", (conv, a))
+    assert counted == [("hi", 1)]  # counted at once; older than "hi", so not the last message
+    assert v2db.val("select message_text from public.messages where conversation_id = %s "
+                    "and created_at < now() - interval '1 hour'", (conv,)) == "from the archive"
+    assert sync_legacy_columns(v2db) == 0
+    assert stored_unread(v2db, conv, a) == exact_unread(v2db, conv, a) == 1
+    assert_unread_exact(v2db)

@@ -31,6 +31,7 @@ ARGS: dict[str, Any] = {
     "p_recipient_roles": ["attendee"], "p_is_pre_show": True, "p_reason": "spam",
     "p_flag": "messaging_v2_enabled", "p_salt": "salt", "p_text": "hello", "p_limit": 10,
     "p_before": None, "p_message_id": None,  # p_message_id: filled in with a real message
+    "p_message": {},
 }
 
 
@@ -112,8 +113,9 @@ EMPTY_READS = {"can_user_reply": False, "get_user_conversations": [],
                "current_profile_role": None, "is_admin": False, "is_mvp_dealer": False,
                "is_show_organizer": False, "is_conversation_participant": False}
 # Answers that hold no one's data: the DM matrix for two given roles (a UI helper), a flag's
-# bucket arithmetic (at 100 % every id is in), text normalisation.
-PURE = {"feature_bucket", "normalize_message_text", "can_user_send_dm", "is_feature_enabled"}
+# bucket arithmetic (at 100 % every id is in), text normalisation and its white space.
+PURE = {"feature_bucket", "normalize_message_text", "message_white_space", "can_user_send_dm",
+        "is_feature_enabled"}
 # Production's own policy helpers, granted to anon by production (its policies call them for
 # every role): they answer `false` for a caller without an identity and hold no one's data.
 ANON_FALSE = {"is_admin", "is_mvp_dealer", "is_show_organizer"}
