@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 import psycopg
 import pytest
@@ -167,3 +168,42 @@ def test_deleted_user_gets_nothing(v2db: Db) -> None:
     refused(lambda: api.rpc1("send_direct_message", p_recipient_id=m, p_message_text="x"), "PT403")
     refused(lambda: api.rpc1("send_broadcast", p_show_id="60000000-0000-4000-8000-000000000001",
                              p_message_text="x", p_recipient_roles=["attendee"]), "PT403")
+
+
+def test_a_pair_already_talking_follows_every_change_the_reply_rule_depends_on(
+        v2db: Db) -> None:
+    """A steady-state DM is one statement over the pair's row and the rows the reply rule reads:
+    a withdrawn reply right, a lapsed subscription and a removed profile must all reach it."""
+    a, m = v2db.make_user("attendee"), v2db.make_user("mvp_dealer")
+    attendee, mvp = v2db.as_user(a), v2db.as_user(m)
+    attendee.rpc1("send_direct_message", p_recipient_id=m, p_message_text="hi")
+    conv = v2db.val("select conversation_id from public.conversation_participants "
+                    "where user_id = %s", (a,))
+
+    def sends(api: Any, to: str) -> str:
+        try:
+            api.rpc1("send_direct_message", p_recipient_id=to, p_message_text="again")
+        except psycopg.Error as error:
+            return error.sqlstate or ""
+        return "sent"
+
+    assert (sends(mvp, a), sends(attendee, m)) == ("sent", "sent")
+    v2db.q("update public.conversation_participants set can_reply = false "
+           "where conversation_id = %s and user_id = %s", (conv, m))
+    assert (sends(mvp, a), sends(attendee, m)) == ("PT403", "sent")
+    v2db.q("update public.conversation_participants set can_reply = null "
+           "where conversation_id = %s and user_id = %s", (conv, m))
+    v2db.q("update public.profiles set subscription_status = 'expired' where id = %s", (m,))
+    assert v2db.val("select role from public.profiles where id = %s", (m,)) == "dealer"
+    assert (sends(mvp, a), sends(attendee, m)) == ("PT403", "sent")
+    v2db.q("update public.profiles set subscription_status = 'active' where id = %s", (m,))
+    assert sends(mvp, a) == "sent"
+    profile = v2db.val("select to_jsonb(p) from public.profiles p where id = %s", (a,))
+    v2db.q("delete from public.profiles where id = %s", (a,))
+    assert (sends(mvp, a), sends(attendee, m)) == ("PT404", "PT403")
+    v2db.q("insert into public.profiles select * from jsonb_populate_record("
+           "null::public.profiles, %s)", (psycopg.types.json.Jsonb(profile),))
+    assert (sends(mvp, a), sends(attendee, m)) == ("sent", "sent")
+    # ... and all in the one conversation the pair started with.
+    assert v2db.val("select count(distinct conversation_id) from public.messages "
+                    "where sender_id in (%s, %s)", (a, m)) == 1
