@@ -33,8 +33,7 @@ from pathlib import Path
 import psycopg
 
 from bench import sql_rates
-from bench.run import EXPLAIN, ROOT, log, machine, rollout, settle, stack
-from rollout.adapters.local_stack import app_data
+from bench.run import EXPLAIN, ROOT, log, machine, production_stack, rollout, settle
 from rollout.adapters.local_stack.postgres import os_user, server_bin_dir
 
 RESULTS = ROOT / "bench" / "INSTRUCTIONS.md"
@@ -46,16 +45,8 @@ TOP = 60  # functions listed in bench/explain/dm-instructions.txt
 
 def script(fn: str, sends: int) -> str:
     """`sends` PostgREST-shaped transactions calling `fn`, one statement per line."""
-    lines = []
-    for k in range(sends):
-        i = 1 + (k * 7919) % PAIRS
-        lines += ["begin;", "set local role authenticated;",
-                  "select set_config('request.jwt.claims', "
-                  f"(select claims from public.bench_pairs where i = {i}), true);",
-                  f"select public.{fn}((select recipient from public.bench_pairs where i = {i}), "
-                  "'hello there');",
-                  "commit;"]
-    return "\n".join(lines) + "\n"
+    return "".join(sql_rates.SHAPE.format(table="bench_pairs", i=1 + (k * 7919) % PAIRS, fn=fn)
+                   for k in range(sends))
 
 
 def callgrind(pgdata: Path, work: Path, fn: str, sends: int) -> Path:
@@ -103,10 +94,7 @@ def main() -> int:
         raise SystemExit("valgrind is not installed (Debian: apt-get install valgrind)")
     began = time.monotonic()
     info = machine()
-    with stack("plans/local.yaml", "app-adoption") as (s, env):
-        log("loading app_data.sql (production-shaped data)")
-        app_data.load(s.db_url, app_data.Sizes())
-        rollout(env, "apply", "plans/local.yaml", "--yes", "--to", "deploy-functions")
+    with production_stack() as (s, env):
         with psycopg.connect(s.db_url, autocommit=True) as conn:
             conn.execute(sql_rates.SETUP)
         settle(s.db_url)

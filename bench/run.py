@@ -85,6 +85,17 @@ def stack(plan: str, to_step: str) -> Iterator[tuple[LocalStack, dict[str, str]]
         shutil.rmtree(state, ignore_errors=True)
 
 
+@contextmanager
+def production_stack() -> Iterator[tuple[LocalStack, dict[str, str]]]:
+    """A throw-away stack holding production's schema with app_data.sql's data (default sizes),
+    messaging v2 applied and the functions deployed."""
+    with stack("plans/local.yaml", "app-adoption") as (s, env):
+        log("loading app_data.sql (production-shaped data)")
+        app_data.load(s.db_url, app_data.Sizes())
+        rollout(env, "apply", "plans/local.yaml", "--yes", "--to", "deploy-functions")
+        yield s, env
+
+
 def rollout(env: dict[str, str], *args: str) -> str:
     done = subprocess.run([*ROLLOUT, *args], cwd=ROOT, env=env, capture_output=True, text=True,
                           check=False, timeout=1800)
@@ -539,10 +550,7 @@ def main() -> int:
     log("1/7 rehearsal and CLI start-up")
     cli = bench_cli()
     log(f"    {cli}")
-    with stack("plans/local.yaml", "app-adoption") as (s, env):
-        log("loading app_data.sql (production-shaped data)")
-        app_data.load(s.db_url, app_data.Sizes())
-        rollout(env, "apply", "plans/local.yaml", "--yes", "--to", "deploy-functions")
+    with production_stack() as (s, _env):
         log("2/7 DM send rate vs its ceiling (pgbench)")
         dm = bench_dm_rate(s)
         log(f"    {dm['median']} dm/ceiling {dm['dm_over_ceiling']:.2f} "

@@ -77,7 +77,8 @@ drop table if exists public.bench_pairs, public.bench_first_pairs, public.bench_
 drop sequence if exists public.bench_first_seq;
 """
 
-_SHAPE = """begin;
+# PostgREST's transaction shape around one RPC, one statement a line.
+SHAPE = """begin;
 set local role authenticated;
 select set_config('request.jwt.claims', (select claims from public.{table} where i = {i}), true);
 select public.{fn}((select recipient from public.{table} where i = {i}), 'hello there');
@@ -86,9 +87,9 @@ commit;
 SCRIPTS = {
     "raw": "insert into public.bench_messages (conversation_id, sender_id, message_text) "
            "values (gen_random_uuid(), gen_random_uuid(), 'hello there');\n",
-    "ceiling": "\\set i random(1, :pairs)\n" + _SHAPE.format(
+    "ceiling": "\\set i random(1, :pairs)\n" + SHAPE.format(
         table="bench_pairs", i=":i", fn="bench_insert_one"),
-    "dm": "\\set i random(1, :pairs)\n" + _SHAPE.format(
+    "dm": "\\set i random(1, :pairs)\n" + SHAPE.format(
         table="bench_pairs", i=":i", fn="send_direct_message"),
     # One fresh pair per transaction: the sequence is read once, inside the claims lookup.
     "first": """begin;
