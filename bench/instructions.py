@@ -64,7 +64,7 @@ def callgrind(pgdata: Path, work: Path, fn: str, sends: int) -> Path:
     with sql.open() as stdin:
         done = subprocess.run(argv, stdin=stdin, capture_output=True, text=True, check=False,
                               timeout=900)
-    if done.returncode != 0 or "ERROR" in done.stdout or not out.exists():
+    if done.returncode != 0 or "ERROR" in done.stdout + done.stderr or not out.exists():
         raise RuntimeError(f"callgrind of {fn} failed: {(done.stdout + done.stderr)[-2000:]}")
     return out
 

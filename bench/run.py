@@ -463,10 +463,12 @@ def write_results(info: dict[str, str], dm: dict[str, Any], fanout: dict[int, li
                       for rate, t in k6_rate["tried"].items())
     rows = [
         (f"DM send, `send_direct_message` in PostgREST's transaction shape, {dm['clients']} "
-         f"pgbench clients, attendee → MVP dealer pairs with a conversation (steady state)",
+         f"pgbench clients, {dm['seconds']} s runs, attendee → MVP dealer pairs with a "
+         "conversation (steady state)",
          spread(rates["dm"], "{:.0f}", " tx/s"), "—"),
         ("… the same shape around a function inserting one row into a messages-shaped table "
-         "(the shape's ceiling)", spread(rates["ceiling"], "{:.0f}", " tx/s"), "—"),
+         "holding a copy of messages' rows (the shape's ceiling)",
+         spread(rates["ceiling"], "{:.0f}", " tx/s"), "—"),
         ("… a raw single-statement insert into that table",
          spread(rates["raw"], "{:.0f}", " tx/s"), "—"),
         ("**DM ÷ ceiling** (the send alone: it writes the message row only)",

@@ -1,9 +1,12 @@
 """DM send rate against the physical limit of its call shape (pgbench, alternated in one run).
 
-Five pgbench runs, 8 clients, in turn `rounds` times on the same server:
+Five pgbench runs of 10 s, 8 clients, in turn `rounds` times on the same server (5 s runs moved
+the ratio by ±0.1 from round to round on a shared two-core machine):
 
 - raw: one single-statement insert into `bench_messages`, a table shaped like `messages`
-  (same columns, defaults and indexes, copied from it; no trigger, foreign key or RLS);
+  (same columns, defaults, indexes and rows, copied from it; no trigger, foreign key or RLS —
+  an empty copy would flatter the ceiling: its inserts descend shallower indexes, 416,540
+  instead of 452,110 instructions per call in bench/instructions.py);
 - ceiling: PostgREST's transaction shape (`begin; set local role authenticated;
   set_config('request.jwt.claims', …, true); select fn(…); commit`) around a function that only
   inserts one row into `bench_messages` — the most any RPC of that shape can do;
@@ -58,8 +61,10 @@ select row_number() over () as i, sender, recipient,
                               and d.user_high = greatest(a.id, m.id))) fresh;
 alter table public.bench_first_pairs add primary key (i);
 create sequence public.bench_first_seq;
--- messages' columns, defaults and indexes (whatever messages has now), no trigger, FK or RLS
+-- messages' columns, defaults and indexes (whatever messages has now), no trigger, FK or RLS,
+-- and its rows: an insert descends indexes as deep as the ones a send writes into
 create table public.bench_messages (like public.messages including defaults including indexes);
+insert into public.bench_messages select * from public.messages;
 create or replace function public.bench_insert_one(p_recipient_id uuid, p_message_text text)
 returns uuid language sql volatile security definer set search_path = '' as $$
   insert into public.bench_messages (conversation_id, sender_id, message_text)
@@ -150,7 +155,7 @@ class LegacySyncJob:
         self.thread.join(120)
 
 
-def dm_rates(url: str, binary: Path, *, rounds: int = 3, seconds: int = 5,
+def dm_rates(url: str, binary: Path, *, rounds: int = 3, seconds: int = 10,
              clients: int = 8) -> dict[str, Any]:
     """Median rates of raw / ceiling / dm / dm_sync / first, alternated, and the ratios."""
     with psycopg.connect(url, autocommit=True) as conn:
