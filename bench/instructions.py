@@ -119,7 +119,7 @@ def main() -> int:
         "single-user backend; bench/instructions.py)\n\n"
         + "\n".join(f"{cost:12,.0f}  {name}" for name, cost in top) + "\n")
     rows = [("the ceiling: PostgREST's transaction shape around a function inserting one row "
-             "into a messages-shaped table", f"{ceiling:,.0f}"),
+             "into a messages-shaped table holding a copy of its rows", f"{ceiling:,.0f}"),
             ("`send_direct_message`, steady state (attendee → MVP dealer, conversation exists)",
              f"{dm:,.0f}"),
             ("**ceiling ÷ DM** (the pgbench ratio of RESULTS.md adds the client and the network "
