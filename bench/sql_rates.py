@@ -5,8 +5,7 @@ the ratio by ±0.1 from round to round on a shared two-core machine):
 
 - raw: one single-statement insert into `bench_messages`, a table shaped like `messages`
   (same columns, defaults, indexes and rows, copied from it; no trigger, foreign key or RLS —
-  an empty copy would flatter the ceiling: its inserts descend shallower indexes, 416,540
-  instead of 495,327 instructions per call in bench/INSTRUCTIONS.md);
+  an empty copy would flatter the ceiling: its inserts descend shallower indexes);
 - ceiling: PostgREST's transaction shape (`begin; set local role authenticated;
   set_config('request.jwt.claims', …, true); select fn(…); commit`) around a function that only
   inserts one row into `bench_messages` — the most any RPC of that shape can do;
