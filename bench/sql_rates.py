@@ -9,6 +9,12 @@ the ratio by ±0.1 from round to round on a shared two-core machine):
 - ceiling: PostgREST's transaction shape (`begin; set local role authenticated;
   set_config('request.jwt.claims', …, true); select fn(…); commit`) around a function that only
   inserts one row into `bench_messages` — the most any RPC of that shape can do;
+- floor: the same shape around the least a DM can do while it keeps production's foreign key
+  (`sender_id → auth.users`) and the insert trigger today's builds rely on
+  (`messages_before_insert_v2`): one index probe for the pair's conversation, then one row into
+  `bench_floor_messages` (another copy of `messages`, with that key and that trigger); no
+  permission check at all. However a send is designed, it cannot beat this without giving up
+  the key or the trigger;
 - dm: the same shape around `send_direct_message`, attendee → MVP dealer pairs whose direct
   conversation already exists (steady state) — the send alone;
 - dm_sync: the same, while the legacy sync job runs every SYNC_SECONDS as the plan schedules it
@@ -17,8 +23,8 @@ the ratio by ±0.1 from round to round on a shared two-core machine):
 - first: the same shape, pairs that have no conversation yet (each used once: first messages).
 
 The caller pauses the scheduled job for the whole measurement (dm_sync runs it itself).
-Reported: the median rate of each (with min and max) and dm ÷ ceiling, dm_sync ÷ ceiling,
-first ÷ ceiling.
+Reported: the median rate of each (with min and max) and floor ÷ ceiling, dm ÷ ceiling,
+dm ÷ floor, dm_sync ÷ ceiling, first ÷ ceiling.
 """
 
 from __future__ import annotations
@@ -36,7 +42,8 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 SETUP = """
-drop table if exists public.bench_pairs, public.bench_first_pairs, public.bench_messages;
+drop table if exists public.bench_pairs, public.bench_first_pairs, public.bench_messages,
+  public.bench_floor_messages;
 drop sequence if exists public.bench_first_seq;
 create table public.bench_pairs as
 select row_number() over (order by d.conversation_id) as i, a.id as sender, m.id as recipient,
@@ -75,9 +82,45 @@ grant execute on function public.bench_insert_one(uuid, text) to authenticated;
 analyze;
 """
 
+FLOOR_SETUP = """
+-- The floor's table: the same again, with production's foreign key and today's insert trigger.
+create table public.bench_floor_messages
+  (like public.bench_messages including defaults including indexes);
+insert into public.bench_floor_messages select * from public.bench_messages;
+alter table public.bench_floor_messages
+  add foreign key (sender_id) references auth.users (id);
+create trigger bench_floor_before_insert before insert on public.bench_floor_messages
+  for each row execute function public.messages_before_insert_v2();
+-- The steady send's statement without its permission joins (participant row, both profiles).
+create or replace function public.bench_send_floor(p_recipient_id uuid, p_message_text text)
+returns uuid language plpgsql volatile security definer set search_path = '' as $$
+declare
+  v_uid uuid := auth.uid();
+  v_id uuid;
+begin
+  insert into public.bench_floor_messages
+    (conversation_id, sender_id, message_text, read_by_user_ids)
+  select d.conversation_id, v_uid, t.message_text, array[v_uid]
+    from (select pg_catalog.btrim(p_message_text, public.message_white_space()) as message_text) t
+    join public.direct_conversations d
+      on d.user_low = least(v_uid, p_recipient_id) and d.user_high = greatest(v_uid, p_recipient_id)
+   where char_length(t.message_text) between 1 and 1000
+  returning id into v_id;
+  if v_id is null then
+    raise exception 'bench_send_floor: no conversation with %', p_recipient_id;
+  end if;
+  return v_id;
+end;
+$$;
+grant execute on function public.bench_send_floor(uuid, text) to authenticated;
+analyze public.bench_floor_messages;
+"""
+
 TEARDOWN = """
 drop function if exists public.bench_insert_one(uuid, text);
-drop table if exists public.bench_pairs, public.bench_first_pairs, public.bench_messages;
+drop function if exists public.bench_send_floor(uuid, text);
+drop table if exists public.bench_pairs, public.bench_first_pairs, public.bench_messages,
+  public.bench_floor_messages;
 drop sequence if exists public.bench_first_seq;
 """
 
@@ -93,6 +136,8 @@ SCRIPTS = {
            "values (gen_random_uuid(), gen_random_uuid(), 'hello there');\n",
     "ceiling": "\\set i random(1, :pairs)\n" + SHAPE.format(
         table="bench_pairs", i=":i", fn="bench_insert_one"),
+    "floor": "\\set i random(1, :pairs)\n" + SHAPE.format(
+        table="bench_pairs", i=":i", fn="bench_send_floor"),
     "dm": "\\set i random(1, :pairs)\n" + SHAPE.format(
         table="bench_pairs", i=":i", fn="send_direct_message"),
     # One fresh pair per transaction: the sequence is read once, inside the claims lookup.
@@ -126,7 +171,9 @@ def pgbench(binary: Path, url: str, script: Path, seconds: int, clients: int,
 
 
 SYNC_SECONDS = 5  # the plans' schedule of the legacy sync job
-RUNS = ("raw", "ceiling", "dm", "dm_sync", "first")
+RUNS = ("raw", "ceiling", "floor", "dm", "dm_sync", "first")
+RATIOS = (("dm", "ceiling"), ("floor", "ceiling"), ("dm", "floor"), ("dm_sync", "ceiling"),
+          ("first", "ceiling"), ("ceiling", "raw"))
 
 
 class LegacySyncJob:
@@ -155,13 +202,15 @@ class LegacySyncJob:
 
 
 def dm_rates(url: str, binary: Path, *, rounds: int = 3, seconds: int = 10,
-             clients: int = 8) -> dict[str, Any]:
-    """Median rates of raw / ceiling / dm / dm_sync / first, alternated, and the ratios."""
+             clients: int = 8, runs: tuple[str, ...] = RUNS) -> dict[str, Any]:
+    """Median rates of `runs` (of RUNS), alternated, and the ratios of RATIOS among them."""
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(SETUP)
+        if "floor" in runs:
+            conn.execute(FLOOR_SETUP)
         conn.execute("select public.sync_legacy_message_columns()")  # caught up before
         pairs = conn.execute("select count(*) from public.bench_pairs").fetchone()[0]
-    rates: dict[str, list[float]] = {name: [] for name in RUNS}
+    rates: dict[str, list[float]] = {name: [] for name in runs}
     sync_runs: list[float] = []
     with tempfile.TemporaryDirectory(prefix="rollout-pgbench-") as tmp:
         files = {}
@@ -170,7 +219,7 @@ def dm_rates(url: str, binary: Path, *, rounds: int = 3, seconds: int = 10,
             files[name].write_text(text)
         try:
             for _ in range(rounds):
-                for name in RUNS:
+                for name in runs:
                     script = files["dm" if name == "dm_sync" else name]
                     if name != "dm_sync":
                         rates[name].append(pgbench(binary, url, script, seconds, clients,
@@ -188,7 +237,5 @@ def dm_rates(url: str, binary: Path, *, rounds: int = 3, seconds: int = 10,
     medians = {name: statistics.median(values) for name, values in rates.items()}
     return {"clients": clients, "seconds": seconds, "rounds": rounds, "pairs": pairs,
             "rates": rates, "median": medians, "sync_run_seconds": sync_runs,
-            "dm_over_ceiling": medians["dm"] / medians["ceiling"],
-            "dm_sync_over_ceiling": medians["dm_sync"] / medians["ceiling"],
-            "first_over_ceiling": medians["first"] / medians["ceiling"],
-            "ceiling_over_raw": medians["ceiling"] / medians["raw"]}
+            **{f"{a}_over_{b}": medians[a] / medians[b] for a, b in RATIOS
+               if a in medians and b in medians}}
