@@ -94,6 +94,9 @@ class LoadParams:
     keep_users: bool = False
     parallelism: int = 1  # k6-operator runners (emit_k6_operator only)
     k6_bin: str | None = None
+    # The per-second timeline (every sample to CSV) and the web dashboard. Both cost k6 CPU on
+    # the machine it loads; a benchmark of the server's capacity on one machine turns them off.
+    timeline: bool = True
 
     def script_env(self) -> dict[str, str]:
         """The script's sizing and thresholds as environment variables (see messaging.js)."""
@@ -146,6 +149,9 @@ class LoadReport:
     metrics_path: str | None = None
     quota_refusals: int = 0
     checks_failed: int = 0
+    # Arrival-rate runs: iterations k6 could not start on time (no free VU). The load was not
+    # all delivered, and no threshold sees it: k6 counts them apart from requests and errors.
+    dropped_iterations: int = 0
     seconds: float = 0.0  # wall clock of the k6 run
     users: dict[str, int] = field(default_factory=dict)
 
@@ -351,12 +357,15 @@ def run_load(api_url: str, anon_key: str, jwt_secret: str, db_url: str, params: 
     users_file: Path | None = None
     try:
         users_file = write_users_file(cast, jwt_secret, params.token_ttl)
+        timeline = params.timeline
+        for stale in (DASHBOARD, METRICS):  # no earlier run's files in this run's report
+            (out_dir / stale).unlink(missing_ok=True)
         env = _child_env({"API_URL": api_url, "ANON_KEY": anon_key,
                           "USERS_FILE": str(users_file), **params.script_env(),
-                          **dashboard_env(out_dir / DASHBOARD)})
+                          **(dashboard_env(out_dir / DASHBOARD) if timeline else {})})
         cmd = [k6, "run", "--no-usage-report", "--no-color", "--summary-export", str(summary),
-               "--summary-trend-stats", TREND_STATS, "--out", f"csv={out_dir / METRICS}",
-               str(script)]
+               "--summary-trend-stats", TREND_STATS,
+               *(["--out", f"csv={out_dir / METRICS}"] if timeline else []), str(script)]
         # Iteration-based: progress is iterations done / planned; duration-based: k6's own %.
         expected = 0 if params.dm_duration else \
             params.dm_vus * params.dm_iterations + params.broadcasts
@@ -506,6 +515,7 @@ def parse_summary(path: Path, thresholds: dict[str, list[str]], exit_code: int) 
         summary_path=str(path),
         quota_refusals=int(stat("broadcast_quota_refused", "count") or 0),
         checks_failed=int(checks.get("fails", 0) or 0),
+        dropped_iterations=int(stat("dropped_iterations", "count") or 0),
     )
 
 

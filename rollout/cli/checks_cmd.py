@@ -103,7 +103,9 @@ def smoke(
 def _load_tables(report: LoadReport) -> list[Table]:
     endpoints = Table("endpoint", "requests", "rate/s", "p50 ms", "p95 ms", "p99 ms", "errors",
                       title=f"k6: {report.requests} requests at {report.rate:.1f}/s, "
-                            f"error rate {report.error_rate:.2%}, {report.seconds:.1f}s")
+                            f"error rate {report.error_rate:.2%}, {report.seconds:.1f}s"
+                            + (f", {report.dropped_iterations} iterations dropped"
+                               if report.dropped_iterations else ""))
     for e in report.endpoints.values():
         endpoints.add_row(e.kind, str(e.requests), f"{e.rate:.1f}", _ms(e.p50_ms), _ms(e.p95_ms),
                           _ms(e.p99_ms), "-" if e.error_rate is None else f"{e.error_rate:.2%}")

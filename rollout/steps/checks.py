@@ -68,6 +68,9 @@ def load_figures(report: LoadReport) -> str:
     """The key figures of a load run, for one line: requests, rate, p99s, errors, verdicts."""
     parts = [f"{report.requests} requests at {report.rate:.1f}/s",
              f"error rate {report.error_rate:.2%}"]
+    if report.dropped_iterations:
+        parts.append(f"{report.dropped_iterations} iterations dropped (not sent: no free VU "
+                     "at their arrival time)")
     parts += [f"{e.kind} p99 {e.p99_ms:.0f} ms" for e in report.endpoints.values()
               if e.p99_ms is not None]
     for t in report.thresholds:
@@ -198,6 +201,7 @@ class CheckLoad(Step):
         return {
             "requests": report.requests, "rate": round(report.rate, 1),
             "error_rate": round(report.error_rate, 5),
+            "dropped_iterations": report.dropped_iterations,
             **{f"{k}_p99_ms": round(e.p99_ms, 1) for k, e in report.endpoints.items()
                if e.p99_ms is not None},
             "thresholds": f"{sum(t.verdict == 'passed' for t in report.thresholds)}/"

@@ -12,6 +12,7 @@ import pytest
 from rollout.checks import k6
 from rollout.checks.k6 import LoadParams
 from rollout.errors import TargetError
+from rollout.steps.checks import load_figures
 from tests.checks.conftest import Target, fingerprint
 
 
@@ -81,6 +82,25 @@ def test_duration_based_load_reports_live_progress(target: Target, tmp_path: Pat
     assert len(live) >= 2  # about once a second while k6 runs
     assert any("VUs" in m for m, _ in live)
     assert all(0.0 <= f <= 1.0 for _, f in seen)
+
+
+def test_arrival_rate_beyond_the_vus_reports_dropped_iterations(target: Target,
+                                                                tmp_path: Path) -> None:
+    # 2,000 DMs in one second for at most 4 VUs (maxVUs = 4 × dm_vus): k6 cannot start most of
+    # them on time and drops them, which no threshold and no error rate shows.
+    params = small(dm_vus=1, dm_rate=2000, dm_duration="1s", broadcasts=0, timeline=False)
+    report = k6.run_load(target.api_url, target.anon_key, target.jwt_secret, target.db_url,
+                         params, tmp_path)
+    dm = report.endpoints["dm"].requests
+    assert report.dropped_iterations > 0
+    # Every planned arrival was sent or dropped (k6's schedule may end one short of rate × time).
+    assert 1999 <= dm + report.dropped_iterations <= 2000
+    assert report.error_rate == 0.0
+    assert f"{report.dropped_iterations} iterations dropped" in load_figures(report)
+    # Without the timeline: no per-sample CSV, no dashboard, for this run or from an earlier one.
+    assert report.metrics_path is None and report.dashboard_path is None
+    assert not (tmp_path / k6.METRICS).exists() and not (tmp_path / k6.DASHBOARD).exists()
+    assert load_rows(target.db_url) == 0
 
 
 def test_impossible_threshold_is_crossed_not_an_error(target: Target, tmp_path: Path) -> None:
