@@ -280,25 +280,12 @@ async function describe(fn: string): Promise<FnInfo | null> {
   return info;
 }
 
-// A transaction in one round trip: begin, the statements and commit written together on one
-// connection (each its own sync point, so a failed statement only makes the commit a rollback).
-// sql.begin waits for each statement — four round trips a call, most of a small RPC's time.
-// The first failure is the answer, as if the statements had run one by one.
-async function pipelinedTransaction(
-  mode: string,
-  statements: (tx: postgres.ReservedSql) => postgres.PendingQuery<postgres.Row[]>[],
-): Promise<postgres.Row[][]> {
-  const tx = await sql.reserve();
-  try {
-    const queries = [tx.unsafe(`begin ${mode}`), ...statements(tx), tx.unsafe("commit")];
-    queries.forEach((q) => q.execute());
-    const settled = await Promise.allSettled(queries);
-    const failed = settled.find((s) => s.status === "rejected");
-    if (failed) throw (failed as PromiseRejectedResult).reason;
-    return settled.slice(1, -1).map((s) => (s as PromiseFulfilledResult<postgres.Row[]>).value);
-  } finally {
-    tx.release();
-  }
+// A string as an SQL literal. E'' quoting has the same escapes whatever
+// standard_conforming_strings says, so doubling quotes and backslashes closes every way out of
+// it; the query text is a C string, so a NUL (which JSON.stringify never writes raw) is refused.
+function literal(value: string): string {
+  if (value.includes("\0")) throw new Error("NUL in an SQL literal");
+  return `E'${value.replaceAll("\\", "\\\\").replaceAll("'", "''")}'`;
 }
 
 const ident = (name: string) => `"${name.replaceAll('"', '""')}"`;
@@ -343,10 +330,13 @@ async function rpc(req: Request, fn: string): Promise<Response> {
       `Could not find the function public.${fn}(${keys.join(", ")}) in the schema cache`);
   }
   // PostgREST's own technique: the JSON body becomes a record with the argument types, so
-  // JSON arrays become SQL arrays and nothing is interpolated but catalog identifiers.
+  // JSON arrays become SQL arrays. Only catalog identifiers and quoted literals go into the
+  // text (see `literal`): the simple protocol below has no parameters.
   const cols = keys.map((k) => `${ident(k)} ${known.get(k)!.type}`).join(", ");
   const call = `public.${ident(fn)}(${keys.map((k) => `${ident(k)} := _args.${ident(k)}`).join(", ")})`;
-  const args = keys.length ? `jsonb_to_record($1::text::jsonb) as _args(${cols})` : "";
+  const args = keys.length
+    ? `jsonb_to_record(${literal(JSON.stringify(body))}::jsonb) as _args(${cols})`
+    : "";
   // Rows become objects; a set of scalars becomes an array of scalars, as in PostgREST.
   const rowset = info.composite ? `${call} _r` : `${call} as _s(_r)`;
   // The body leaves PostgreSQL as JSON text and goes out as it is (as PostgREST does): no
@@ -359,17 +349,20 @@ async function rpc(req: Request, fn: string): Promise<Response> {
 
   counters.rpc_requests++;
   try {
-    // PostgREST runs a GET in a read-only transaction: a function that writes fails (25006 → 405).
+    // PostgREST's transaction around a call: the role (set_config('role') is `set local role`)
+    // and the claims, then the call; a GET read-only, so a function that writes fails
+    // (25006 → 405). Sent as one simple-protocol query: its statements are one implicit
+    // transaction (all or nothing, the settings local to it), written in one send and answered
+    // in one (PostgreSQL flushes at each ReadyForQuery: four with begin, statement, statement,
+    // commit as extended-protocol messages). Steady DM sends through postgres.js at 20
+    // connections: 3,100-3,300 a second against 2,000-2,100 that way on two cores.
     const mode = req.method === "GET" ? "read only" : "read write";
-    const rows = await pipelinedTransaction(mode, (tx) => [
-      // The role and the claims (set_config('role') is `set local role`), then the call.
-      tx`select set_config('role', ${role}, true),
-                set_config('request.jwt.claims', ${JSON.stringify(claims)}, true),
-                set_config('request.method', ${req.method}, true),
-                set_config('request.path', ${new URL(req.url).pathname}, true)`,
-      tx.unsafe(query, keys.length ? [JSON.stringify(body)] : []),
-    ]);
-    const result = (rows[1][0]?.body as string | null | undefined) ?? null;
+    const settings = [["role", role], ["request.jwt.claims", JSON.stringify(claims)],
+      ["request.method", req.method], ["request.path", new URL(req.url).pathname]]
+      .map(([name, value]) => `set_config('${name}', ${literal(value)}, true)`).join(", ");
+    const rows = await sql.unsafe(`set transaction ${mode}; select ${settings}; ${query}`);
+    // One result per statement: set transaction, the settings, the call.
+    const result = ((rows as unknown as postgres.Row[][])[2][0]?.body as string | null | undefined) ?? null;
     if (info.returnsVoid) return new Response(null, { status: 204, headers: CORS });
     return new Response(result ?? "null", {
       status: 200, headers: { ...CORS, "content-type": "application/json" },
