@@ -54,10 +54,9 @@ const CLOCK_SKEW = 30; // seconds, as PostgREST allows
 const sql = postgres(required("GATEWAY_DB_URL"), {
   max: Number(Deno.env.get("GATEWAY_DB_POOL") ?? "20"),
   idle_timeout: 30,
-  // Named statements per connection, as PostgREST prepares its queries: parsed and planned
-  // once, not on every call (the gateway spent ~12 % less CPU a call under k6). Each
-  // query's result columns are fixed (the call's is one text column), so a migration
-  // replacing a function only replans it.
+  // Named statements per connection for the parameterised queries (the catalog lookup of
+  // `describe`): parsed and planned once. An RPC itself goes as one simple-protocol query
+  // (see `rpc`), which is never prepared.
   prepare: true,
   onnotice: () => {},
 });
