@@ -20,7 +20,9 @@ import pytest
 from rollout.adapters.local_stack.postgres import EmbeddedPostgres, process_alive, shared_dir
 from rollout.adapters.local_stack.processes import spawn, start_on_port, stop_pid, wait_for_port
 from rollout.adapters.local_stack.stack import LocalStack, deno_bin, sign_user_jwt
-from rollout.errors import PortTaken
+from rollout.adapters.targets import LocalFunctions
+from rollout.errors import PortTaken, TargetError
+from rollout.paths import project_root
 
 SUB = "6f1c2a4e-7d2b-4c1e-9a51-3b0f8e2d9c11"
 PROBE_SQL = """
@@ -375,3 +377,31 @@ def test_function_bodies_over_a_mebibyte_are_refused_at_the_gateway(stack: Local
         assert small.status_code == 401  # reached the function, which wants a token
     finally:
         stack.remove_function("send-broadcast")
+
+
+def test_functions_deploy_side_by_side_and_a_failure_keeps_what_went_live(
+        stack: LocalStack, tmp_path: Path) -> None:
+    """Workers start in parallel threads: every one lands in the state and the routes, and when
+    one fails the error carries the ones that went live, so that a rollback can take them back."""
+    functions = LocalFunctions(stack)
+    source = project_root() / "functions"
+    both = {"send-broadcast": False, "reset-broadcast-quotas": True}
+    done = functions.deploy(both, source, tmp_path)["functions"]
+    assert set(done) == set(both) and all(e["previous_version"] is None for e in done.values())
+    routes = json.loads((stack.dir / "routes.json").read_text())
+    saved = json.loads(stack.state_file.read_text())["functions"]
+    assert set(routes) == set(saved) == set(both)
+    assert {name: r["verify_jwt"] for name, r in routes.items()} == both
+    for name, worker in stack.deployed().items():
+        assert process_alive(worker.pid) and routes[name]["port"] == worker.port
+    functions.rollback({"functions": done})
+    assert stack.deployed() == {}
+
+    with pytest.raises(TargetError) as failed:
+        functions.deploy({"send-broadcast": False, "no-such-function": False}, source, tmp_path)
+    assert "no-such-function" in str(failed.value)
+    partial = (failed.value.partial or {})["functions"]
+    assert set(partial) == {"send-broadcast"} and set(stack.deployed()) == {"send-broadcast"}
+    functions.rollback({"functions": partial})
+    assert stack.deployed() == {}
+    assert json.loads((stack.dir / "routes.json").read_text()) == {}

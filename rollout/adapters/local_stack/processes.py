@@ -103,7 +103,7 @@ def wait_for_port(port: int, pid: int, name: str, log_file: Path, timeout: float
             return
         if not process_alive(pid):
             raise start_failure(f"{name} exited during start-up: {log_tail(log_file)}", log_file)
-        time.sleep(0.05)
+        time.sleep(0.02)  # a Deno worker listens ~130 ms after its start
     raise StackError(f"{name} did not listen on 127.0.0.1:{port} within {timeout:.0f}s")
 
 

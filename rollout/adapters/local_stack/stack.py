@@ -11,6 +11,7 @@ import json
 import os
 import secrets
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -121,6 +122,9 @@ class LocalStack:
         self.state_file = self.dir / "stack.json"
         self.secrets_dir = self.dir / "secrets"
         self.state = StackState.load(self.state_file)
+        # Functions deploy in parallel (one thread each): their entries in the state and the
+        # files written from it change under this lock.
+        self._state_lock = threading.RLock()
 
     # ---- secrets ---------------------------------------------------------------------------
 
@@ -187,11 +191,12 @@ class LocalStack:
         }
 
     def _save(self) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self.state), indent=2))
-        tmp.replace(self.state_file)
-        self._write_routes()
+        with self._state_lock:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            tmp = self.state_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps(asdict(self.state), indent=2))
+            tmp.replace(self.state_file)
+            self._write_routes()
 
     def _write_routes(self) -> None:
         routes = {name: {"port": w.port, "version": w.version, "verify_jwt": w.verify_jwt}
@@ -327,8 +332,9 @@ class LocalStack:
         return worker
 
     def remove_function(self, name: str) -> bool:
-        worker = self.state.functions.pop(name, None)
-        self._save()
+        with self._state_lock:
+            worker = self.state.functions.pop(name, None)
+            self._save()
         if worker:
             stop_pid(worker.pid)
         return worker is not None
@@ -395,8 +401,9 @@ class LocalStack:
             settings = {}
         worker = FunctionWorker(port=port, pid=pid, version=version, source=str(bundle),
                                 verify_jwt=bool(settings.get("verify_jwt", True)))
-        self.state.functions[name] = worker
-        self._save()
+        with self._state_lock:
+            self.state.functions[name] = worker
+            self._save()
         return worker
 
     # ---- cron ------------------------------------------------------------------------------
