@@ -231,6 +231,18 @@ comment on table public.direct_conversations is
 alter table public.direct_conversations enable row level security;
 create index if not exists direct_conversations_conversation_id_idx
   on public.direct_conversations (conversation_id);
+-- Whether each side may write in the pair's conversation now (both still in it with a profile,
+-- this one not a dealer, its can_reply not false): a steady DM reads this one row instead of
+-- the participant row and both profiles. Only ever an accelerator: false sends a DM down the
+-- full path, which decides from the rows themselves; triggers on profiles and participants keep
+-- it from ever being true when those rows say no (direct_conversations_refresh_v2). Added to a
+-- table a rollback archived too (catalog-only: a constant default).
+alter table public.direct_conversations
+  add column if not exists low_may_send boolean not null default false,
+  add column if not exists high_may_send boolean not null default false;
+-- A role change refreshes the pairs of that user, on either side.
+create index if not exists direct_conversations_user_high_idx
+  on public.direct_conversations (user_high);
 
 -- Where the next run of sync_legacy_message_columns() starts (no message created before it is
 -- still uncommitted), and the messages at or after it that production's trigger counted before
@@ -256,6 +268,13 @@ create index if not exists messages_conversation_id_created_at_idx
   on public.messages (conversation_id, created_at, id);
 -- squawk-ignore require-concurrent-index-deletion
 drop index if exists public.idx_messages_conversation_id;
+-- A pair whose conversation lost a member while v2 was rolled back (no trigger forgot it then)
+-- is forgotten now, as it would have been: the pair's next DM starts a new conversation.
+delete from public.direct_conversations d
+ where not exists (select 1 from public.conversation_participants cp
+                    where cp.conversation_id = d.conversation_id and cp.user_id = d.user_low)
+    or not exists (select 1 from public.conversation_participants cp
+                    where cp.conversation_id = d.conversation_id and cp.user_id = d.user_high);
 insert into public.direct_conversations (user_low, user_high, conversation_id)
 select distinct on (least(a.user_id, b.user_id), greatest(a.user_id, b.user_id))
        least(a.user_id, b.user_id), greatest(a.user_id, b.user_id), c.id
@@ -899,6 +918,75 @@ comment on function public.direct_conversations_forget_v2() is
   'Forgets a pair''s conversation when a participant leaves it. Definer: direct_conversations '
   'is closed to the API roles.';
 
+-- The one definition of direct_conversations.*_may_send. The pairs' rows are locked before
+-- the rows they derive from are read, so two refreshes of one pair (a role change beside a
+-- can_reply change) take turns and the second reads what the first committed: neither can
+-- write a flag from a state that is no longer there.
+create or replace function public.direct_conversations_refresh_v2(p_conversation_ids uuid[])
+returns void
+language plpgsql
+security definer
+set search_path = ''
+as $$
+begin
+  perform 1 from public.direct_conversations d
+   where d.conversation_id = any (p_conversation_ids)
+   order by d.user_low, d.user_high
+     for update;
+  update public.direct_conversations d
+     set low_may_send = f.low_may_send, high_may_send = f.high_may_send
+    from (select x.user_low, x.user_high,
+                 both_in and coalesce(lc.can_reply, true)
+                   and lower(lp.role) is distinct from 'dealer' as low_may_send,
+                 both_in and coalesce(hc.can_reply, true)
+                   and lower(hp.role) is distinct from 'dealer' as high_may_send
+            from public.direct_conversations x
+            left join public.conversation_participants lc
+              on lc.conversation_id = x.conversation_id and lc.user_id = x.user_low
+            left join public.profiles lp on lp.id = x.user_low
+            left join public.conversation_participants hc
+              on hc.conversation_id = x.conversation_id and hc.user_id = x.user_high
+            left join public.profiles hp on hp.id = x.user_high
+            cross join lateral (select lc.user_id is not null and lp.id is not null
+                                       and hc.user_id is not null and hp.id is not null
+                                         as both_in) b
+           where x.conversation_id = any (p_conversation_ids)) f
+   where d.user_low = f.user_low and d.user_high = f.user_high
+     and (d.low_may_send, d.high_may_send) is distinct from (f.low_may_send, f.high_may_send);
+end;
+$$;
+comment on function public.direct_conversations_refresh_v2(uuid[]) is
+  'Recomputes whether each side of these direct conversations may write in it. Definer: '
+  'direct_conversations is closed to the API roles.';
+
+create or replace function public.direct_conversations_refresh_of_user_v2()
+returns trigger
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_user uuid;
+begin
+  if tg_table_name = 'profiles' then
+    if tg_op = 'UPDATE' and new.id = old.id and new.role is not distinct from old.role then
+      return null;
+    end if;
+    v_user := case tg_op when 'DELETE' then old.id else new.id end;
+    perform public.direct_conversations_refresh_v2(array(
+      select d.conversation_id from public.direct_conversations d where d.user_low = v_user
+      union all
+      select d.conversation_id from public.direct_conversations d where d.user_high = v_user));
+  else  -- conversation_participants: can_reply changed
+    perform public.direct_conversations_refresh_v2(array[new.conversation_id]);
+  end if;
+  return null;
+end;
+$$;
+comment on function public.direct_conversations_refresh_of_user_v2() is
+  'A profile''s role (or the profile itself) or a participant''s can_reply changed: refreshes '
+  'direct_conversations.*_may_send of its pairs. Definer: that table is closed to the API roles.';
+
 -- Production's bookkeeping trigger gives way to v2's (both would count every unread twice).
 drop trigger if exists messages_after_insert_trigger on public.messages;
 drop trigger if exists profiles_role_sync_trigger on public.profiles;
@@ -916,6 +1004,18 @@ drop trigger if exists direct_conversations_forget_v2 on public.conversation_par
 create trigger direct_conversations_forget_v2
   after delete on public.conversation_participants
   for each row execute function public.direct_conversations_forget_v2();
+drop trigger if exists direct_conversations_refresh_v2 on public.profiles;
+create trigger direct_conversations_refresh_v2
+  after insert or update or delete on public.profiles
+  for each row execute function public.direct_conversations_refresh_of_user_v2();
+drop trigger if exists direct_conversations_refresh_v2 on public.conversation_participants;
+create trigger direct_conversations_refresh_v2
+  after update of can_reply on public.conversation_participants
+  for each row when (new.can_reply is distinct from old.can_reply)
+  execute function public.direct_conversations_refresh_of_user_v2();
+-- Every pair's flags from the rows as they stand (new pairs, and ones a rollback archived).
+select public.direct_conversations_refresh_v2(
+  array(select d.conversation_id from public.direct_conversations d));
 drop trigger if exists messages_before_insert_v2 on public.messages;
 -- A message is counted into production's columns once: by the legacy sync (every message
 -- dated now, whoever inserts it), or by this trigger, for one dated in the past (a backfill)
@@ -1006,21 +1106,18 @@ declare
   v_can_reply boolean;
   v_id uuid;
 begin
-  -- The steady state in one statement: the pair's conversation exists, the caller may reply in
-  -- it, the text is 1..1000 characters once trimmed, no show is named (a show id to check
-  -- would put one more scan in every send's plan). Anything else writes nothing here and takes
-  -- the full path below, which says why.
+  -- The steady state in one statement, one index probe: the pair's conversation exists and its
+  -- row says the caller may write there (direct_conversations.*_may_send), the text is 1..1000
+  -- characters once trimmed, no show is named (a show id to check would put one more scan in
+  -- every send's plan). Anything else writes nothing here and takes the full path below, which
+  -- decides from the participant and profile rows themselves and says why.
   insert into public.messages (conversation_id, sender_id, message_text, read_by_user_ids)
   select d.conversation_id, v_uid, t.message_text, array[v_uid]
     from (select pg_catalog.btrim(p_message_text, public.message_white_space()) as message_text) t
     join public.direct_conversations d
       on d.user_low = least(v_uid, p_recipient_id) and d.user_high = greatest(v_uid, p_recipient_id)
-    join public.conversation_participants cp
-      on cp.conversation_id = d.conversation_id and cp.user_id = v_uid
-    join public.profiles s on s.id = v_uid
-    join public.profiles r on r.id = p_recipient_id
    where p_show_id is null and char_length(t.message_text) between 1 and 1000
-     and coalesce(cp.can_reply, true) and lower(s.role) is distinct from 'dealer'
+     and case when v_uid = d.user_low then d.low_may_send else d.high_may_send end
   returning id into v_id;
   if v_id is not null then
     return v_id;
@@ -1054,6 +1151,10 @@ begin
   if v_conv is null then
     perform pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended(
       'dm:' || least(v_uid, p_recipient_id)::text || ':' || greatest(v_uid, p_recipient_id)::text, 0));
+    -- Both profiles held until commit: a role change waits for the new pair's flags to be
+    -- written and then refreshes them, or commits first and they are written from it.
+    perform 1 from public.profiles p where p.id in (v_uid, p_recipient_id)
+     order by p.id for share;
     -- A concurrent first message may have created it meanwhile.
     select cp.conversation_id, coalesce(cp.can_reply, true) into v_conv, v_can_reply
       from public.direct_conversations d
@@ -1077,6 +1178,7 @@ begin
       insert into public.direct_conversations (user_low, user_high, conversation_id)
       values (least(v_uid, p_recipient_id), greatest(v_uid, p_recipient_id), v_conv)
       on conflict (user_low, user_high) do update set conversation_id = excluded.conversation_id;
+      perform public.direct_conversations_refresh_v2(array[v_conv]);
       v_can_reply := true;
     end if;
   end if;
@@ -1559,6 +1661,8 @@ revoke execute on function
   public.feature_flags_before_write(),
   public.feature_flags_audit_write(),
   public.direct_conversations_forget_v2(),
+  public.direct_conversations_refresh_v2(uuid[]),
+  public.direct_conversations_refresh_of_user_v2(),
   public.messaging_horizon(),
   public.sync_legacy_message_columns(timestamptz),
   public.messages_after_read_v2()

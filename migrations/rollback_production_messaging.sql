@@ -113,6 +113,8 @@ drop trigger if exists set_role_when_added_trigger on public.conversation_partic
 create trigger set_role_when_added_trigger before insert on public.conversation_participants
   for each row execute function public.set_role_when_added_trigger();
 drop trigger if exists direct_conversations_forget_v2 on public.conversation_participants;
+drop trigger if exists direct_conversations_refresh_v2 on public.conversation_participants;
+drop trigger if exists direct_conversations_refresh_v2 on public.profiles;
 
 -- 4. Production's grants: every table privilege to the API roles, no column grants.
 do $$
@@ -244,6 +246,8 @@ drop function if exists public.conversation_participants_after_update_v2();
 drop function if exists public.feature_flags_before_write();
 drop function if exists public.feature_flags_audit_write();
 drop function if exists public.direct_conversations_forget_v2();
+drop function if exists public.direct_conversations_refresh_of_user_v2();
+drop function if exists public.direct_conversations_refresh_v2(uuid[]);
 drop function if exists public.can_user_send_dm(uuid, uuid, uuid);
 drop function if exists public.can_user_reply(uuid, uuid);
 drop function if exists public.normalize_message_text(text);

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import itertools
+import threading
 from typing import Any
 
 import psycopg
 import pytest
 
 from tests.messaging.conftest import ROLES, Db
-from tests.messaging.helpers import exact_unread, refused, stored_unread
+from tests.messaging.helpers import (
+    exact_unread,
+    open_transaction_as,
+    refused,
+    stored_unread,
+    wait_until,
+)
 
 # who may START a DM with whom (DESIGN.md)
 MATRIX = {
@@ -207,3 +214,88 @@ def test_a_pair_already_talking_follows_every_change_the_reply_rule_depends_on(
     # ... and all in the one conversation the pair started with.
     assert v2db.val("select count(distinct conversation_id) from public.messages "
                     "where sender_id in (%s, %s)", (a, m)) == 1
+
+
+def may_send(db: Db, sender: str, recipient: str) -> bool:
+    """The pair row's flag a steady DM from `sender` reads instead of the rows themselves."""
+    return bool(db.val(
+        "select case when %(s)s::uuid = user_low then low_may_send else high_may_send end "
+        "from public.direct_conversations "
+        "where user_low = least(%(s)s::uuid, %(r)s::uuid) "
+        "and user_high = greatest(%(s)s::uuid, %(r)s::uuid)", {"s": sender, "r": recipient}))
+
+
+def test_the_pair_row_says_who_may_write_as_the_rows_it_derives_from_change(v2db: Db) -> None:
+    """The steady DM's one probe reads the pair's flags: true exactly when the full rule allows
+    (set at the first message, refreshed by every change the rule depends on)."""
+    o, m = v2db.make_user("show_organizer"), v2db.make_user("mvp_dealer")
+    d = v2db.make_user("dealer")
+    v2db.as_user(o).rpc1("send_direct_message", p_recipient_id=m, p_message_text="hi")
+    v2db.as_user(o).rpc1("send_direct_message", p_recipient_id=d, p_message_text="hi")
+    assert (may_send(v2db, o, m), may_send(v2db, m, o)) == (True, True)
+    assert (may_send(v2db, o, d), may_send(v2db, d, o)) == (True, False)  # dealers never reply
+    conv = v2db.val("select conversation_id from public.direct_conversations "
+                    "where %s in (user_low, user_high) and %s in (user_low, user_high)", (o, m))
+    v2db.q("update public.conversation_participants set can_reply = false "
+           "where conversation_id = %s and user_id = %s", (conv, m))
+    assert (may_send(v2db, o, m), may_send(v2db, m, o)) == (True, False)
+    v2db.q("update public.conversation_participants set can_reply = true "
+           "where conversation_id = %s and user_id = %s", (conv, m))
+    v2db.q("update public.profiles set subscription_status = 'expired' where id = %s", (m,))
+    assert (may_send(v2db, o, m), may_send(v2db, m, o)) == (True, False)
+    v2db.q("update public.profiles set subscription_status = 'active' where id = %s", (m,))
+    assert (may_send(v2db, o, m), may_send(v2db, m, o)) == (True, True)
+    v2db.q("update public.profiles set subscription_status = 'active' where id = %s", (d,))
+    assert may_send(v2db, d, o)  # the dealer's upgrade reaches every pair of theirs
+    profile = v2db.val("select to_jsonb(p) from public.profiles p where id = %s", (o,))
+    v2db.q("delete from public.profiles where id = %s", (o,))
+    assert (may_send(v2db, o, m), may_send(v2db, m, o), may_send(v2db, d, o)) == (
+        False, False, False)  # no profile on one side: neither writes by the short path
+    v2db.q("insert into public.profiles select * from jsonb_populate_record("
+           "null::public.profiles, %s)", (psycopg.types.json.Jsonb(profile),))
+    assert (may_send(v2db, o, m), may_send(v2db, m, o), may_send(v2db, d, o)) == (
+        True, True, True)
+
+
+@pytest.mark.parametrize("first", ["the first message", "the role change"])
+def test_a_role_change_racing_a_pairs_first_message_leaves_no_stale_right(
+        v2db: Db, first: str) -> None:
+    """An MVP dealer lapses to dealer while an organizer's first DM to them creates the pair's
+    row. Whichever holds the profile first, the row ends up saying the dealer may not write:
+    a flag from the role as it was would let the dealer's DMs through the one-probe path."""
+    o, m = v2db.make_user("show_organizer"), v2db.make_user("mvp_dealer")
+    lapse = "update public.profiles set subscription_status = 'expired' where id = %s"
+    holder = open_transaction_as(v2db.url, o) if first == "the first message" else (
+        psycopg.connect(v2db.url))
+    errors: list[BaseException] = []
+
+    def other() -> None:
+        try:
+            if first == "the first message":
+                with psycopg.connect(v2db.url, autocommit=True) as conn:
+                    conn.execute(lapse, (m,))
+            else:
+                v2db.as_user(o).rpc1("send_direct_message", p_recipient_id=m,
+                                     p_message_text="hi")
+        except BaseException as error:  # noqa: BLE001 - reported by the assertion below
+            errors.append(error)
+
+    try:
+        if first == "the first message":
+            holder.execute("select public.send_direct_message(%s, 'hi')", (m,))
+        else:
+            holder.execute(lapse, (m,))
+        racer = threading.Thread(target=other)
+        racer.start()
+        wait_until(lambda: not racer.is_alive() or bool(v2db.val(  # done, or waiting on the
+            "select count(*) from pg_stat_activity where wait_event_type = 'Lock' "  # holder
+            "and backend_type = 'client backend'")), timeout=10)
+        holder.commit()
+        racer.join(30)
+    finally:
+        holder.close()
+    assert errors == []
+    assert v2db.val("select role from public.profiles where id = %s", (m,)) == "dealer"
+    assert (may_send(v2db, o, m), may_send(v2db, m, o)) == (True, False)
+    refused(lambda: v2db.as_user(m).rpc1("send_direct_message", p_recipient_id=o,
+                                         p_message_text="let me in"), "PT403")

@@ -132,6 +132,33 @@ def test_apply_rollback_apply_rollback_is_lossless_and_exact(v2db: Db) -> None:
     assert row_snapshot(v2db.admin) == rolled_rows
 
 
+def test_a_re_apply_brings_the_pairs_up_to_date_with_what_changed_while_rolled_back(
+        v2db: Db) -> None:
+    """While v2 is rolled back no trigger follows production's changes: on re-apply a pair
+    whose member left is forgotten (its next DM starts a new conversation), and the flags a
+    steady DM reads say what the rows say now."""
+    o, m, a = (v2db.make_user(r) for r in ("show_organizer", "mvp_dealer", "attendee"))
+    for recipient in (m, a):
+        v2db.as_user(o).rpc1("send_direct_message", p_recipient_id=recipient,
+                             p_message_text="hi")
+    left = v2db.val("select conversation_id from public.conversation_participants "
+                    "where user_id = %s", (a,))
+    apply_file(v2db.url, ROLLBACK)
+    v2db.q("update public.profiles set subscription_status = 'expired' where id = %s", (m,))
+    v2db.q("delete from public.conversation_participants where user_id = %s", (a,))
+    apply_file(v2db.url, V2)
+    pairs = {tuple(sorted((str(lo), str(hi)))): (low, high) for lo, hi, low, high in v2db.q(
+        "select user_low, user_high, low_may_send, high_may_send "
+        "from public.direct_conversations where %s in (user_low, user_high)", (o,))}
+    assert list(pairs) == [tuple(sorted((o, m)))]  # the attendee's pair is forgotten
+    assert pairs[tuple(sorted((o, m)))] == ((True, False) if o < m else (False, True))
+    refused(lambda: v2db.as_user(m).rpc1("send_direct_message", p_recipient_id=o,
+                                         p_message_text="still a dealer?"), "PT403")
+    again = v2db.as_user(o).rpc1("send_direct_message", p_recipient_id=a, p_message_text="back")
+    assert v2db.val("select conversation_id from public.messages where id = %s",
+                    (again,)) != left
+
+
 def test_rollback_catches_production_columns_up_without_the_job(v2db: Db) -> None:
     """The legacy sync job never ran: the rollback's own last run leaves production's
     unread_count and last_message_* exact for the app that takes over."""
