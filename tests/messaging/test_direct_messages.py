@@ -54,6 +54,13 @@ def test_all_25_pairs_through_send_direct_message(v2db: Db) -> None:
                 (sender,)) == 0
             continue
         outcomes[(sender_role, recipient_role)] = True
+        # The flags the first message wrote are the ones a refresh computes from the rows.
+        flags = (may_send(v2db, sender, recipient), may_send(v2db, recipient, sender))
+        assert flags == (True, recipient_role != "dealer")
+        v2db.q("select public.direct_conversations_refresh_v2(array(select conversation_id "
+               "from public.direct_conversations where user_low = least(%(a)s::uuid, %(b)s) "
+               "and user_high = greatest(%(a)s::uuid, %(b)s)))", {"a": sender, "b": recipient})
+        assert (may_send(v2db, sender, recipient), may_send(v2db, recipient, sender)) == flags
         conv = v2db.val("select conversation_id from public.messages where id = %s", (message_id,))
         assert v2db.val("select type from public.conversations where id = %s", (conv,)) == "direct"
         assert stored_unread(v2db, conv, recipient) == 1 == exact_unread(v2db, conv, recipient)
