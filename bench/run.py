@@ -42,6 +42,7 @@ import httpx
 import psycopg
 
 from bench import sql_rates
+from bench.sql_rates import settle
 from rollout.adapters.local_stack import app_data
 from rollout.adapters.local_stack.postgres import wheel_bin_dir
 from rollout.adapters.local_stack.stack import LocalStack
@@ -108,15 +109,6 @@ def sql(url: str, query: str, params: Any = None) -> list[tuple[Any, ...]]:
     with psycopg.connect(url, autocommit=True) as conn:
         cur = conn.execute(query, params)
         return cur.fetchall() if cur.description else []
-
-
-def settle(url: str) -> None:
-    """The database as it stands between bursts: the legacy sync caught up, dead rows vacuumed,
-    statistics fresh and dirty pages written, so that no catch-up after a pgbench burst, no
-    autovacuum and no checkpoint runs inside the next measurement."""
-    sql(url, "select public.sync_legacy_message_columns()")
-    sql(url, "vacuum analyze")
-    sql(url, "checkpoint")
 
 
 def seed_users(url: str, group: str, count: int, role: str) -> list[str]:

@@ -23,6 +23,8 @@ the ratio by ±0.1 from round to round on a shared two-core machine):
 - first: the same shape, pairs that have no conversation yet (each used once: first messages).
 
 The caller pauses the scheduled job for the whole measurement (dm_sync runs it itself).
+Before every run the database is settled off the clock (`settle`: the legacy sync's backlog
+taken, vacuum, analyze, checkpoint), so that no run pays for the one before it.
 Reported: the median rate of each (with min and max) and floor ÷ ceiling, dm ÷ ceiling,
 dm ÷ floor, dm_sync ÷ ceiling, first ÷ ceiling.
 """
@@ -170,6 +172,16 @@ def pgbench(binary: Path, url: str, script: Path, seconds: int, clients: int,
     return float(match.group(1))
 
 
+def settle(url: str) -> None:
+    """The database as it stands between bursts: the legacy sync caught up, dead rows vacuumed,
+    statistics fresh and dirty pages written, so that no catch-up after a pgbench burst, no
+    autovacuum and no checkpoint runs inside the next measurement."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("select public.sync_legacy_message_columns()")
+        conn.execute("vacuum analyze")
+        conn.execute("checkpoint")
+
+
 SYNC_SECONDS = 5  # the plans' schedule of the legacy sync job
 RUNS = ("raw", "ceiling", "floor", "dm", "dm_sync", "first")
 RATIOS = (("dm", "ceiling"), ("floor", "ceiling"), ("dm", "floor"), ("dm_sync", "ceiling"),
@@ -220,6 +232,9 @@ def dm_rates(url: str, binary: Path, *, rounds: int = 3, seconds: int = 10,
         try:
             for _ in range(rounds):
                 for name in runs:
+                    # Each run starts from a settled database: the previous run's vacuum (a raw
+                    # run inserts 200k rows) or the sync's backlog never lands in the next one.
+                    settle(url)
                     script = files["dm" if name == "dm_sync" else name]
                     if name != "dm_sync":
                         rates[name].append(pgbench(binary, url, script, seconds, clients,
@@ -229,8 +244,6 @@ def dm_rates(url: str, binary: Path, *, rounds: int = 3, seconds: int = 10,
                         rates[name].append(pgbench(binary, url, script, 2 * SYNC_SECONDS,
                                                    clients, {"pairs": pairs}))
                     sync_runs += job.runs
-                with psycopg.connect(url, autocommit=True) as conn:  # the backlog, off the clock
-                    conn.execute("select public.sync_legacy_message_columns()")
         finally:
             with psycopg.connect(url, autocommit=True) as conn:
                 conn.execute(TEARDOWN)
