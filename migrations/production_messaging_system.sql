@@ -918,31 +918,12 @@ comment on function public.direct_conversations_forget_v2() is
   'Forgets a pair''s conversation when a participant leaves it. Definer: direct_conversations '
   'is closed to the API roles.';
 
--- A user's pairs are being created (shared: any number at once) or their flags refreshed after
--- a change to the user (exclusive), until the transaction ends. An advisory lock writes nothing:
--- FOR SHARE on the profile would make a multixact of every first message to a popular user.
-create or replace function public.direct_conversations_hold_user_v2(
-  p_user_id uuid, p_shared boolean)
-returns void
-language sql
-set search_path = ''
-as $$
-  select case when p_shared
-              then pg_catalog.pg_advisory_xact_lock_shared(pg_catalog.hashtextextended(
-                     'dm-user:' || p_user_id::text, 0))
-              else pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended(
-                     'dm-user:' || p_user_id::text, 0))
-         end
-$$;
-comment on function public.direct_conversations_hold_user_v2(uuid, boolean) is
-  'Serialises a role change with the first message of a pair of that user (advisory lock).';
-
 -- The one definition of direct_conversations.*_may_send. The pairs' rows are locked before
 -- the rows they derive from are read, so two refreshes of one pair (a role change beside a
 -- can_reply change) take turns and the second reads what the first committed: neither can
 -- write a flag from a state that is no longer there.
--- One plan for every call: custom plans re-plan a five-table join each time (1.6 ms, against
--- 0.25 ms for a call with the generic plan; a first message pays it).
+-- One plan for every call: custom plans re-planned the five-table join each time (1.6 ms,
+-- against 0.25 ms for a call of one pair with the generic plan).
 create or replace function public.direct_conversations_refresh_v2(p_conversation_ids uuid[])
 returns void
 language plpgsql
@@ -995,7 +976,6 @@ begin
       return null;
     end if;
     v_user := case tg_op when 'DELETE' then old.id else new.id end;
-    perform public.direct_conversations_hold_user_v2(v_user, false);
     perform public.direct_conversations_refresh_v2(array(
       select d.conversation_id from public.direct_conversations d where d.user_low = v_user
       union all
@@ -1174,10 +1154,12 @@ begin
   if v_conv is null then
     perform pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended(
       'dm:' || least(v_uid, p_recipient_id)::text || ':' || greatest(v_uid, p_recipient_id)::text, 0));
-    -- Both users held (shared) until commit: a role change waits for the new pair's flags to
-    -- be written and then refreshes them, or commits first and they are written from it.
-    perform public.direct_conversations_hold_user_v2(v_uid, true),
-            public.direct_conversations_hold_user_v2(p_recipient_id, true);
+    -- Both profiles held until the transaction ends: a role change (or a deletion) waits for
+    -- the new pair's flags to be written and then refreshes them, or commits first and they are
+    -- written from it. A row lock, not an advisory lock per user in the role-change trigger: a
+    -- bulk update of thousands of profiles would fill the shared lock table with those.
+    perform 1 from public.profiles p where p.id in (v_uid, p_recipient_id)
+     order by p.id for share;
     -- A concurrent first message may have created it meanwhile.
     select cp.conversation_id, coalesce(cp.can_reply, true) into v_conv, v_can_reply
       from public.direct_conversations d
@@ -1695,7 +1677,6 @@ revoke execute on function
   public.feature_flags_audit_write(),
   public.direct_conversations_forget_v2(),
   public.direct_conversations_refresh_v2(uuid[]),
-  public.direct_conversations_hold_user_v2(uuid, boolean),
   public.direct_conversations_refresh_of_user_v2(),
   public.messaging_horizon(),
   public.sync_legacy_message_columns(timestamptz),

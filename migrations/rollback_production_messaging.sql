@@ -248,7 +248,6 @@ drop function if exists public.feature_flags_audit_write();
 drop function if exists public.direct_conversations_forget_v2();
 drop function if exists public.direct_conversations_refresh_of_user_v2();
 drop function if exists public.direct_conversations_refresh_v2(uuid[]);
-drop function if exists public.direct_conversations_hold_user_v2(uuid, boolean);
 drop function if exists public.can_user_send_dm(uuid, uuid, uuid);
 drop function if exists public.can_user_reply(uuid, uuid);
 drop function if exists public.normalize_message_text(text);

@@ -32,7 +32,6 @@ ARGS: dict[str, Any] = {
     "p_flag": "messaging_v2_enabled", "p_salt": "salt", "p_text": "hello", "p_limit": 10,
     "p_before": None, "p_message_id": None,  # p_message_id: filled in with a real message
     "p_message": {}, "p_conversation_ids": [ALICE_MAX_CONV],
-    "p_shared": True,
 }
 
 
